@@ -1,0 +1,26 @@
+"""Errors a person sees: each names where the mistake is and what to do about it."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used.
+
+    ``str()`` is one line, ``FILE:LINE: KEY: PROBLEM (HINT)``, fit to print
+    without a traceback.
+    """
+
+    def __init__(
+        self, path: str, line: int | None, key: str, problem: str, hint: str = ""
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.problem = problem
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        text = f"{where}: {self.key}: {self.problem}" if self.key else f"{where}: {self.problem}"
+        return f"{text} ({self.hint})" if self.hint else text
