@@ -1,0 +1,158 @@
+"""Services of one node: the proxy's listeners with their graceful stop, and the node itself."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IServiceCollection, MultiService
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import ILogObserver, Logger
+
+from dlba.accesslog import AccessLog
+from dlba.config import Config
+from dlba.policy import make_policy
+from dlba.proxy import ProxyCore, ProxyFactory
+from dlba.routing import Pool, Router
+from dlba.status import StatusFactory
+from dlba.tables import BackendState, BackendStatusTable
+
+
+def bind_to(description: str, ip: str | None) -> str:
+    """A tcp listener without ``interface=`` binds to this node's own ip (DESIGN.md §10)."""
+    if ip is None or not re.match(r"tcp6?:", description) or "interface=" in description:
+        return description
+    return f"{description}:interface={ip.replace(':', chr(92) + ':')}"
+
+
+def build_status_table(config: Config) -> BackendStatusTable:
+    table = BackendStatusTable()
+    for pool in config.pools:
+        for b in pool.backends:
+            table.add(BackendState(b.number, b.host, b.port, b.weight, b.enabled, pool.max_concurrent))
+    return table
+
+
+def build_router(config: Config, table: BackendStatusTable) -> Router:
+    pools = []
+    for pc in config.pools:
+        rows = [table.get(b.number) for b in pc.backends]
+        pools.append(
+            Pool(
+                pc.name,
+                [r for r in rows if r is not None],
+                make_policy(pc.policy),
+                keepalive=pc.backend_keepalive,
+            )
+        )
+    return Router(pools)
+
+
+class ProxyService(MultiService):
+    """The HTTP and HTTPS listeners around one ``ProxyCore``.
+
+    Stopping closes the listeners at once, lets requests in flight finish for up to
+    ``shutdown_grace`` seconds, then cuts what is left.
+    """
+
+    log = Logger()
+
+    def __init__(self, core: ProxyCore, grace: float, clock: IReactorTime) -> None:
+        super().__init__()
+        self.core = core
+        self.grace = grace
+        self.clock = clock
+
+    def startService(self) -> None:
+        self.core.start()
+        super().startService()
+
+    def stopService(self) -> Deferred[Any]:
+        listeners = super().stopService()
+        core = self.core
+        core.drain()
+        open_now = len(core.connections)
+        if open_now:
+            self.log.info(
+                "stopping: {count} client connections may finish within {grace}s",
+                count=open_now,
+                grace=self.grace,
+            )
+        drained: Deferred[Any] = core.when_all_closed()
+        drained.addTimeout(self.grace, self.clock, onTimeoutCancel=lambda result, timeout: None)
+
+        def cut(_: object) -> None:
+            if core.connections:
+                self.log.warn(
+                    "grace period over: cutting {count} connections", count=len(core.connections)
+                )
+            core.abort_all()
+            core.stop()
+
+        return gatherResults([maybeDeferred(lambda: listeners), drained]).addBoth(cut)
+
+
+class NodeService(MultiService):
+    """Everything one ``twistd dlba`` process runs, composed from the config."""
+
+    def __init__(self, config: Config, json_log: ILogObserver | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self._json_log = json_log
+
+    def setServiceParent(self, parent: IServiceCollection) -> None:  # type: ignore[override]
+        # twistd asks the application for an ILogObserver before it starts logging.
+        if self._json_log is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._json_log)
+        super().setServiceParent(parent)
+
+
+def make_node_service(
+    config: Config,
+    reactor: IReactorTCP,
+    *,
+    tls_context: Any = None,
+    extra: list[tuple[str, str, Any]] = (),  # type: ignore[assignment]
+    json_log: ILogObserver | None = None,
+) -> NodeService:
+    """Wire the node.  ``extra`` holds (name, endpoint, factory) listeners such as demo back ends."""
+    from dlba.tls import wrap_tls
+
+    clock: IReactorTime = reactor  # type: ignore[assignment]
+    node = NodeService(config, json_log)
+    table = build_status_table(config)
+    access_log = AccessLog(config.log.access_log) if config.log.access_log else None
+    ip = config.node_ip()
+    limits = config.limits
+    if config.listen.http or config.listen.https:
+        core = ProxyCore(build_router(config, table), table, limits, reactor, clock, access_log)
+        proxy = ProxyService(core, limits.shutdown_grace, clock)
+        proxy.setName("proxy")
+        proxy.setServiceParent(node)
+        if config.listen.http:
+            factory = ProxyFactory(core, False, limits.max_client_connections)
+            svc = strports.service(bind_to(config.listen.http, ip), factory, reactor=reactor)
+            svc.setName("http")
+            svc.setServiceParent(proxy)
+        if config.listen.https:
+            factory = ProxyFactory(core, True, limits.max_client_connections)
+            svc = strports.service(
+                bind_to(config.listen.https, ip), wrap_tls(factory, tls_context), reactor=reactor
+            )
+            svc.setName("https")
+            svc.setServiceParent(proxy)
+    if config.listen.status:
+        svc = strports.service(
+            bind_to(config.listen.status, ip),
+            StatusFactory(config.node.number, table, clock),
+            reactor=reactor,
+        )
+        svc.setName("status")
+        svc.setServiceParent(node)
+    for name, endpoint, factory in extra:
+        svc = strports.service(endpoint, factory, reactor=reactor)
+        svc.setName(name)
+        svc.setServiceParent(node)
+    return node

@@ -1,0 +1,43 @@
+"""The status daemon: dumps this node's tables, read-only, one JSON object a line, then closes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+
+from dlba.tables import BackendStatusTable
+
+
+class StatusProtocol(Protocol):
+    """Writes the tables as soon as the connection opens; reads nothing."""
+
+    def connectionMade(self) -> None:
+        factory: StatusFactory = self.factory  # type: ignore[assignment]
+        self.transport.write(factory.dump())
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass  # read-only: whatever a client sends changes nothing
+
+
+class StatusFactory(Factory):
+
+    noisy = False
+    protocol = StatusProtocol
+
+    def __init__(self, node: int, backends: BackendStatusTable, clock: IReactorTime) -> None:
+        self.node = node
+        self.backends = backends
+        self.clock = clock
+
+    def dump(self) -> bytes:
+        now = self.clock.seconds()
+        lines: list[dict[str, Any]] = [{"table": "node", "number": self.node, "time": now}]
+        for row in self.backends.snapshot(now):
+            lines.append({"table": "backend", **asdict(row)})
+        lines.append({"table": "end"})
+        return b"".join(json.dumps(line).encode() + b"\n" for line in lines)

@@ -1,0 +1,150 @@
+"""The tables of DESIGN.md §4.  Pure: every time is passed in by the caller.
+
+So far: the back-end status table, kept by the proxy on every node.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+
+class BackendState:
+    """One row of the back-end status table: what this node knows of one back end.
+
+    A back end shared by several pools has one row, so its counts and its failure
+    are seen by all of them.
+    """
+
+    __slots__ = (
+        "address",
+        "avg_response_time",
+        "enabled",
+        "failed_until",
+        "failures",
+        "hits",
+        "host",
+        "last_error",
+        "limit",
+        "number",
+        "open_connections",
+        "port",
+        "queued",
+        "weight",
+    )
+
+    # Weight of the newest sample in the response-time average: about the last 20 requests.
+    EWMA_ALPHA = 0.05
+
+    def __init__(
+        self,
+        number: int,
+        host: str,
+        port: int,
+        weight: int = 1,
+        enabled: bool = True,
+        limit: int = 0,
+    ) -> None:
+        self.number = number
+        self.host = host
+        self.port = port
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.weight = weight
+        self.enabled = enabled
+        self.failed_until = 0.0
+        self.failures = 0
+        self.last_error = ""
+        self.hits = 0
+        self.open_connections = 0  # requests in flight at this back end
+        self.queued = 0
+        self.limit = limit
+        self.avg_response_time = 0.0
+
+    def live(self, now: float) -> bool:
+        return self.enabled and self.failed_until <= now
+
+    def failed(self, now: float) -> bool:
+        return self.failed_until > now
+
+    def mark_failed(self, now: float, backoff: float, error: str) -> None:
+        self.failed_until = now + backoff
+        self.failures += 1
+        self.last_error = error
+
+    def note_error(self, error: str) -> None:
+        """An error that does not take the back end out (a timeout, a bad answer)."""
+        self.last_error = error
+
+    def record_response(self, seconds: float) -> None:
+        self.hits += 1
+        if self.avg_response_time == 0.0:
+            self.avg_response_time = seconds
+        else:
+            self.avg_response_time += self.EWMA_ALPHA * (seconds - self.avg_response_time)
+
+    def retry_after(self, now: float) -> int:
+        return max(1, math.ceil(self.failed_until - now))
+
+
+@dataclass(frozen=True)
+class BackendRow:
+    """A snapshot of a row, for the status daemon, the admin API and logs."""
+
+    number: int
+    address: str
+    enabled: bool
+    failed: bool
+    avg_response_time: float
+    hits: int
+    open_connections: int
+    queued: int
+    limit: int
+    last_error: str
+
+
+class BackendStatusTable:
+    """Every back end this node sends to, by number."""
+
+    def __init__(self, backends: Iterable[BackendState] = ()) -> None:
+        self._rows: dict[int, BackendState] = {}
+        for b in backends:
+            self.add(b)
+
+    def add(self, backend: BackendState) -> BackendState:
+        existing = self._rows.get(backend.number)
+        if existing is not None:
+            return existing
+        self._rows[backend.number] = backend
+        return backend
+
+    def get(self, number: int) -> BackendState | None:
+        return self._rows.get(number)
+
+    def __iter__(self) -> Iterator[BackendState]:
+        return iter(sorted(self._rows.values(), key=lambda b: b.number))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def snapshot(self, now: float) -> list[BackendRow]:
+        return [
+            BackendRow(
+                number=b.number,
+                address=b.address,
+                enabled=b.enabled,
+                failed=b.failed(now),
+                avg_response_time=b.avg_response_time,
+                hits=b.hits,
+                open_connections=b.open_connections,
+                queued=b.queued,
+                limit=b.limit,
+                last_error=b.last_error,
+            )
+            for b in self
+        ]
+
+    def retry_after(self, now: float) -> int:
+        """Seconds until the first failed back end may be tried again (for Retry-After)."""
+        waits = [b.retry_after(now) for b in self._rows.values() if b.enabled and b.failed(now)]
+        return min(waits) if waits else 1
