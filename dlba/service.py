@@ -97,6 +97,8 @@ class ProxyService(MultiService):
 class NodeService(MultiService):
     """Everything one ``twistd dlba`` process runs, composed from the config."""
 
+    log = Logger(namespace="dlba.node")
+
     def __init__(self, config: Config, json_log: ILogObserver | None = None) -> None:
         super().__init__()
         self.config = config
@@ -107,6 +109,30 @@ class NodeService(MultiService):
         if self._json_log is not None and hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, self._json_log)
         super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        super().startService()
+        for svc in self._listeners():
+            waiting = getattr(svc, "_waitingForPort", None)
+            if waiting is not None:
+                waiting.addCallback(self._announce, svc.name)
+
+    def _listeners(self) -> list[Any]:
+        found = []
+        for svc in self:
+            found += list(svc) if isinstance(svc, MultiService) else [svc]
+        return found
+
+    def _announce(self, port: Any, name: str) -> Any:
+        address = port.getHost()
+        # Tests and operators wait for this line; its fields are the contract.
+        self.log.info(
+            "listening: {listener} on {host}:{port}",
+            listener=name,
+            host=getattr(address, "host", ""),
+            port=getattr(address, "port", 0),
+        )
+        return port
 
 
 def make_node_service(
