@@ -5,7 +5,20 @@ from __future__ import annotations
 import time
 from typing import IO
 
-_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
+_MONTHS = (
+    b"Jan",
+    b"Feb",
+    b"Mar",
+    b"Apr",
+    b"May",
+    b"Jun",
+    b"Jul",
+    b"Aug",
+    b"Sep",
+    b"Oct",
+    b"Nov",
+    b"Dec",
+)
 
 
 def escape(value: bytes) -> bytes:
@@ -26,7 +39,7 @@ class AccessLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file: IO[bytes] = open(path, "ab", buffering=65536)  # noqa: SIM115
+        self._file: IO[bytes] = open(path, "ab", buffering=65536)
         self._stamp_second = -1
         self._stamp = b""
 

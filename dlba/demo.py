@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -49,7 +50,7 @@ class DemoBackendResource(Resource):
 class _QuietSite(Site):
     """The proxy keeps the access log; the demo back ends keep none."""
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 
@@ -61,7 +62,9 @@ def demo_site(number: int) -> Site:
 
 
 def default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return os.path.join(base, "dlba-demo")
 
 

@@ -10,9 +10,7 @@ class ConfigError(Exception):
     without a traceback.
     """
 
-    def __init__(
-        self, path: str, line: int | None, key: str, problem: str, hint: str = ""
-    ) -> None:
+    def __init__(self, path: str, line: int | None, key: str, problem: str, hint: str = "") -> None:
         self.path = path
         self.line = line
         self.key = key

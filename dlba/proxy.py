@@ -35,7 +35,6 @@ from dlba.routing import Router
 from dlba.tables import BackendState, BackendStatusTable
 from dlba.timeouts import NEVER, DeadlineSweeper
 from dlba.upstream import (
-    CHUNKED,
     LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
@@ -447,6 +446,9 @@ class Exchange:
 class FrontProtocol(Protocol):
     """One client connection."""
 
+    # A TCP transport, or TLSMemoryBIOProtocol: both are also producers and consumers.
+    transport: Any
+
     PAUSE_PIPELINE = 1
     PAUSE_UPSTREAM_FULL = 2
     PAUSE_BUFFER = 4
@@ -495,7 +497,7 @@ class FrontProtocol(Protocol):
         core.connections.add(self)
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
-        self.transport.registerProducer(_ClientThrottle(self), True)  # type: ignore[attr-defined]
+        self.transport.registerProducer(_ClientThrottle(self), True)
         self.deadline = core.clock.seconds() + self.limits.header_timeout
         core.sweeper.watch(self)
 
@@ -515,7 +517,7 @@ class FrontProtocol(Protocol):
     def abort(self) -> None:
         self.broken = True
         if not self.gone:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     def close(self) -> None:
         self.broken = True
@@ -524,14 +526,14 @@ class FrontProtocol(Protocol):
 
     def pause_reading(self, why: int) -> None:
         if not self.paused and not self.gone:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self.transport.pauseProducing()
         self.paused |= why
 
     def resume_reading(self, why: int) -> None:
         if self.paused & why:
             self.paused &= ~why
             if not self.paused and not self.gone:
-                self.transport.resumeProducing()  # type: ignore[attr-defined]
+                self.transport.resumeProducing()
 
     def client_buffer_full(self, full: bool) -> None:
         self.client_full = full
@@ -981,5 +983,7 @@ def backend_states(pools: Sequence[Any]) -> BackendStatusTable:
     table = BackendStatusTable()
     for pool in pools:
         for b in pool.backends:
-            table.add(BackendState(b.number, b.host, b.port, b.weight, b.enabled, pool.max_concurrent))
+            table.add(
+                BackendState(b.number, b.host, b.port, b.weight, b.enabled, pool.max_concurrent)
+            )
     return table

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger
 
 from dlba.accesslog import AccessLog
@@ -31,7 +31,9 @@ def build_status_table(config: Config) -> BackendStatusTable:
     table = BackendStatusTable()
     for pool in config.pools:
         for b in pool.backends:
-            table.add(BackendState(b.number, b.host, b.port, b.weight, b.enabled, pool.max_concurrent))
+            table.add(
+                BackendState(b.number, b.host, b.port, b.weight, b.enabled, pool.max_concurrent)
+            )
     return table
 
 
@@ -137,13 +139,13 @@ class NodeService(MultiService):
 
 def make_node_service(
     config: Config,
-    reactor: IReactorTCP,
+    reactor: Any,  # provides IReactorCore, IReactorTCP and IReactorTime
     *,
     tls_context: Any = None,
     extra: list[tuple[str, str, Any]] = (),  # type: ignore[assignment]
     json_log: ILogObserver | None = None,
 ) -> NodeService:
-    """Wire the node.  ``extra`` holds (name, endpoint, factory) listeners such as demo back ends."""
+    """Wire the node.  ``extra``: (name, endpoint, factory) listeners, e.g. demo back ends."""
     from dlba.tls import wrap_tls
 
     clock: IReactorTime = reactor  # type: ignore[assignment]
@@ -165,7 +167,9 @@ def make_node_service(
         if config.listen.https:
             factory = ProxyFactory(core, True, limits.max_client_connections)
             svc = strports.service(
-                bind_to(config.listen.https, ip), wrap_tls(factory, tls_context), reactor=reactor
+                bind_to(config.listen.https, ip),
+                wrap_tls(factory, tls_context),
+                reactor=reactor,
             )
             svc.setName("https")
             svc.setServiceParent(proxy)

@@ -15,6 +15,8 @@ from dlba.tables import BackendStatusTable
 class StatusProtocol(Protocol):
     """Writes the tables as soon as the connection opens; reads nothing."""
 
+    transport: Any
+
     def connectionMade(self) -> None:
         factory: StatusFactory = self.factory  # type: ignore[assignment]
         self.transport.write(factory.dump())
@@ -25,7 +27,6 @@ class StatusProtocol(Protocol):
 
 
 class StatusFactory(Factory):
-
     noisy = False
     protocol = StatusProtocol
 

@@ -62,8 +62,10 @@ class Options(usage.Options):
             try:
                 cert = ensure_self_signed(state_dir)
             except OSError as e:
-                _fail(f"cannot make the demo certificate in {state_dir}: {e.strerror} "
-                      "(pass --state-dir DIR with a writable DIR)")
+                _fail(
+                    f"cannot make the demo certificate in {state_dir}: {e.strerror} "
+                    "(pass --state-dir DIR with a writable DIR)"
+                )
             self.config = demo_config(state_dir, cert)
             return
         try:

@@ -68,6 +68,8 @@ class _UpstreamThrottle:
 
 
 class BackendConnection(Protocol):
+    # A TCP transport, or TLSMemoryBIOProtocol: both are also producers and consumers.
+    transport: Any
     log = Logger()
 
     deadline: float = NEVER
@@ -102,7 +104,7 @@ class BackendConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_ = True
-        self.transport.registerProducer(_UpstreamThrottle(self), True)  # type: ignore[attr-defined]
+        self.transport.registerProducer(_UpstreamThrottle(self), True)
         self.pool.sweeper.watch(self)
         self.pool.connected(self, self.factory.exchange)  # type: ignore[attr-defined]
 
@@ -126,7 +128,7 @@ class BackendConnection(Protocol):
     def abort(self) -> None:
         self.reusable = False
         if self.connected_:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     def deadline_passed(self, now: float) -> None:
         self.deadline = NEVER
@@ -158,12 +160,12 @@ class BackendConnection(Protocol):
     def pause(self) -> None:
         if not self.paused:
             self.paused = True
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self.transport.pauseProducing()
 
     def resume(self) -> None:
         if self.paused:
             self.paused = False
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self.transport.resumeProducing()
 
     def detach(self) -> None:
         """The exchange is done with this connection: pool it or close it."""
@@ -183,15 +185,8 @@ class BackendConnection(Protocol):
             ex.tunnel_from_backend(data)
             return
         self.answered = True
-        self._data = data
         try:
             self.parser.feed_data(data)
-        except _HeadOnly:
-            # llhttp stopped mid-stream; only a head that ended this read exactly is clean.
-            self.parser = httptools.HttpResponseParser(self)
-            if not data.endswith(b"\r\n\r\n"):
-                self.reusable = False
-            self._complete = True
         except httptools.HttpParserUpgrade as e:
             if self._upgrade is None or self.exchange is None:
                 self._bad_answer("unasked-for protocol switch")
@@ -202,10 +197,18 @@ class BackendConnection(Protocol):
                 self.exchange.tunnel_from_backend(rest)
             return
         except httptools.HttpParserError as e:
-            if not self._complete:
-                self._bad_answer(f"malformed answer: {e}")
+            if isinstance(e.__context__, _HeadOnly):
+                # Stopped after the head; only a head that ended this read exactly
+                # leaves the connection clean for another request.
+                self.parser = httptools.HttpResponseParser(self)
+                if not data.endswith(b"\r\n\r\n"):
+                    self.reusable = False
+                self._complete = True
+            elif self._complete:
+                self.reusable = False  # bytes after a whole answer: do not send here again
+            else:
+                self._bad_answer(f"malformed answer: {e.__context__ or e}")
                 return
-            self.reusable = False  # bytes after a whole answer: do not send here again
         if self._complete and self.exchange is not None:
             self._complete = False
             self._reset_message()
