@@ -1,0 +1,187 @@
+"""The twistd plugin, its options and the service it builds."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.application.service import IService, IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin, getPlugins
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from dlba import tap
+from dlba.certs import make_cert
+from dlba.service import bind_to
+
+CONFIG = """
+[node]
+number = 2
+state_dir = "{state}"
+[listen]
+http = "tcp:0"
+https = "tcp:0:interface=127.0.0.1"
+status = "tcp:0"
+[tls]
+certificates = ["{cert}"]
+[[array.node]]
+number = 1
+mac = "02:00:00:00:00:01"
+ip = "127.0.0.11"
+[[array.node]]
+number = 2
+mac = "02:00:00:00:00:02"
+ip = "127.0.0.12"
+[[pool]]
+name = "app"
+policy = "least-load"
+[[pool.backend]]
+number = 1
+address = "127.0.0.1:9001"
+"""
+
+
+class TempDir:
+    def make(self, case: SynchronousTestCase) -> str:
+        d = tempfile.mkdtemp(prefix="dlba-test-")
+        case.addCleanup(shutil.rmtree, d, True)
+        return d
+
+
+class PluginTests(SynchronousTestCase):
+    def test_found_and_provides_interfaces(self) -> None:
+        plugins = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("dlba", plugins)
+        verifyObject(IServiceMaker, plugins["dlba"])
+        verifyObject(IPlugin, plugins["dlba"])
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse_fails(self, *argv: str) -> str:
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        with self.assertRaises(SystemExit) as cm:
+            tap.Options().parseOptions(list(argv))
+        self.assertEqual(cm.exception.code, 2)
+        text = err.getvalue()
+        self.assertEqual(text.count("\n"), 1, text)
+        return text
+
+    def test_needs_config_or_demo(self) -> None:
+        self.assertIn("--config", self.parse_fails())
+        self.assertIn("not both", self.parse_fails("--demo", "--config", "x.toml"))
+
+    def test_config_error_is_one_line_with_file_and_key(self) -> None:
+        d = TempDir().make(self)
+        path = os.path.join(d, "bad.toml")
+        with open(path, "w") as f:
+            f.write('[limits]\nheader_timout = 3\n[[pool]]\nname = "a"\n')
+        text = self.parse_fails("--config", path)
+        self.assertIn(f"{path}:2:", text)
+        self.assertIn("header_timout", text)
+
+    def test_policy_not_yet_available(self) -> None:
+        d = TempDir().make(self)
+        path = os.path.join(d, "c.toml")
+        with open(path, "w") as f:
+            f.write(
+                '[listen]\nhttp = "tcp:0"\n[[pool]]\nname = "a"\npolicy = "url-hash"\n'
+                '[[pool.backend]]\nnumber = 1\naddress = "127.0.0.1:1"\n'
+            )
+        self.assertIn("url-hash", self.parse_fails("--config", path))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def options(self) -> tap.Options:
+        d = TempDir().make(self)
+        cert = os.path.join(d, "www.pem")
+        with open(cert, "wb") as f:
+            f.write(make_cert(["www.example"]))
+        path = os.path.join(d, "dlba.toml")
+        with open(path, "w") as f:
+            f.write(CONFIG.format(state=d, cert=cert))
+        o = tap.Options()
+        o.parseOptions(["--config", path])
+        return o
+
+    def test_listeners_bind_to_node_ip(self) -> None:
+        reactor = MemoryReactorClock()
+        svc = tap.makeService(self.options(), reactor)
+        verifyObject(IService, svc)
+        svc.startService()
+        interfaces = sorted(port[3] for port in reactor.tcpServers)
+        self.assertEqual(interfaces, ["127.0.0.1", "127.0.0.12", "127.0.0.12"])
+        proxy = svc.getServiceNamed("proxy")  # type: ignore[attr-defined]
+        self.assertEqual(proxy.getServiceNamed("https").name, "https")
+        d = svc.stopService()
+        self.successResultOf(d)  # stopped without waiting: no client was connected
+
+    def test_node_override(self) -> None:
+        o = self.options()
+        o2 = tap.Options()
+        o2.parseOptions(["--config", o["config"], "--node", "1"])
+        self.assertEqual(o2.config.node.number, 1)
+        self.assertEqual(o2.config.node_ip(), "127.0.0.11")
+
+    def test_demo(self) -> None:
+        d = TempDir().make(self)
+        o = tap.Options()
+        o.parseOptions(["--demo", "--state-dir", d])
+        reactor = MemoryReactorClock()
+        svc = tap.makeService(o, reactor)
+        svc.startService()
+        ports = sorted(p[0] for p in reactor.tcpServers)
+        self.assertEqual(ports, [7701, 8080, 8443, 9001, 9002, 9003])
+        self.assertTrue(os.path.exists(os.path.join(d, "tls", "selfsigned.pem")))
+        svc.stopService()
+
+    def test_bind_to(self) -> None:
+        self.assertEqual(bind_to("tcp:80", "10.0.0.1"), "tcp:80:interface=10.0.0.1")
+        self.assertEqual(bind_to("tcp:80", "::1"), "tcp:80:interface=\\:\\:1")
+        self.assertEqual(
+            bind_to("tcp:80:interface=1.2.3.4", "10.0.0.1"), "tcp:80:interface=1.2.3.4"
+        )
+        self.assertEqual(bind_to("tcp:80", None), "tcp:80")
+        self.assertEqual(bind_to("unix:/x", "10.0.0.1"), "unix:/x")
+
+
+class CommandLineTests(SynchronousTestCase):
+    """``twistd dlba`` as a user runs it, from outside the source tree."""
+
+    def run_twistd(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        twistd = shutil.which("twistd")
+        if twistd is None:
+            self.skipTest("no twistd on PATH: the package is not installed (pip install .)")
+        return subprocess.run(
+            [twistd, "-n", "--pidfile=", "dlba", *argv],
+            cwd=TempDir().make(self),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_bad_config_one_line_non_zero_no_traceback(self) -> None:
+        d = TempDir().make(self)
+        path = os.path.join(d, "dlba.toml")
+        with open(path, "w") as f:
+            f.write(
+                '[listen]\nhttp = "tcp:0"\n\n[[pool]]\nname = "a"\npolicy = "fastest"\n'
+                '[[pool.backend]]\nnumber = 1\naddress = "127.0.0.1:1"\n'
+            )
+        result = self.run_twistd("--config", path)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("Traceback", result.stderr + result.stdout)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn(f"{path}:6:", lines[0])
+        self.assertIn("policy", lines[0])
+
+    def test_help_documents_options(self) -> None:
+        result = self.run_twistd("--help")
+        for option in ("--config", "--demo", "--node", "--state-dir"):
+            self.assertIn(option, result.stdout)
