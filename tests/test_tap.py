@@ -185,3 +185,21 @@ class CommandLineTests(SynchronousTestCase):
         result = self.run_twistd("--help")
         for option in ("--config", "--demo", "--node", "--state-dir"):
             self.assertIn(option, result.stdout)
+
+
+class JsonLogTests(SynchronousTestCase):
+    def test_json_log_observer_handed_to_twistd(self) -> None:
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver
+
+        d = TempDir().make(self)
+        path = os.path.join(d, "dlba.toml")
+        with open(path, "w") as f:
+            f.write('[log]\njson = true\n[listen]\nstatus = "tcp:0"\n')
+        o = tap.Options()
+        o.parseOptions(["--config", path])
+        svc = tap.makeService(o, MemoryReactorClock())
+        app = Application("dlba")
+        svc.setServiceParent(app)
+        observer = app.getComponent(ILogObserver)
+        self.assertTrue(ILogObserver.providedBy(observer))
