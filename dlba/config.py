@@ -127,6 +127,7 @@ class PoolConfig:
     queue_limit: int = 1024
     queue_timeout: float = 5.0
     backend_keepalive: bool = True
+    hash_query: bool = False  # url-hash: hash the query string with the path
 
 
 @dataclass(frozen=True)
@@ -1198,6 +1199,7 @@ class _Checker:
             ),
             queue_timeout=self.number(d, w, "queue_timeout", default.queue_timeout),
             backend_keepalive=self.flag(d, w, "backend_keepalive", default.backend_keepalive),
+            hash_query=self.flag(d, w, "hash_query", default.hash_query),
         )
 
     def backend(self, d: dict[str, object], w: _Path) -> BackendConfig:

@@ -1,19 +1,43 @@
-"""The seams between dlba's parts, as zope Interfaces."""
+"""The seams between dlba's parts, as zope Interfaces, and what a policy may read of a request."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from dlba.tables import BackendState
 
 
+class RequestView(Protocol):
+    """What routing and policies may read of a request (the proxy's Exchange provides it)."""
+
+    method: bytes
+    target: bytes  # origin-form, as forwarded
+    host: bytes | None
+    cookies: list[tuple[bytes, bytes]]  # every Cookie header's pairs, values as sent
+    headers: list[tuple[bytes, bytes]]  # forwarded headers, names as sent
+
+
 class IBackendPolicy(Interface):
-    """Chooses the back end for one request among the pool's candidates."""
+    """Chooses the back end for one request of a pool, and may watch the answers."""
 
-    def choose(candidates: Sequence[BackendState], request: object) -> BackendState | None:  # type: ignore[misc]
-        """Return one of ``candidates`` (all live and enabled), or None when none fits.
+    looks_at_answers = Attribute("True if answered() must see every answer's headers")
 
-        ``request`` is the parsed request head; a policy that does not look at it ignores it.
-        """
+    def choose(  # type: ignore[misc]
+        request: RequestView,
+        backends: Sequence[BackendState],
+        now: float,
+        exclude: set[int] | None,
+    ) -> BackendState | None:
+        """One of ``backends`` fit to take ``request`` now and not in ``exclude``, or None."""
+
+    def answered(  # type: ignore[misc]
+        request: RequestView,
+        backend: BackendState,
+        headers: Sequence[tuple[bytes, bytes]],
+        secure: bool,
+        now: float,
+    ) -> list[tuple[bytes, bytes]]:
+        """Headers to add to the answer ``backend`` gave (``secure``: the client used TLS)."""

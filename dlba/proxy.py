@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from dlba.accesslog import AccessLog
 from dlba.config import LimitsSection
+from dlba.http.cookies import cookie_pairs, without_cookie
 from dlba.http.responses import REASONS, error_response
 from dlba.http.rules import (
     IDEMPOTENT,
@@ -68,6 +69,7 @@ _SPECIAL_REQUEST_HEADERS = frozenset(
         b"x-forwarded-proto",
         b"user-agent",
         b"referer",
+        b"cookie",
     }
 )
 
@@ -101,9 +103,12 @@ class Exchange:
         "chunk_out",
         "close_after",
         "conn",
+        "cookies",
         "finished",
         "front",
         "head_out",
+        "headers",
+        "host",
         "http11",
         "keep_alive",
         "method",
@@ -117,6 +122,7 @@ class Exchange:
         "sent_bytes",
         "started",
         "status",
+        "target",
         "tried",
         "tunnel_buf",
         "upgrade",
@@ -164,6 +170,11 @@ class Exchange:
         self.referer: bytes | None = None
         self.user_agent: bytes | None = None
         self.tunnel_buf: list[bytes] | None = None
+        # What rules and policies read (RequestView).
+        self.target = b""
+        self.host: bytes | None = None
+        self.cookies: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[bytes, bytes]] = []
 
     # -- the request side ---------------------------------------------------------------
 
@@ -272,6 +283,12 @@ class Exchange:
         self.response_framing = framing
         out = [b"HTTP/1.1 %d %s\r\n" % (code, reason or REASONS.get(code, b""))]
         out += [b"%s: %s\r\n" % h for h in headers]
+        if self.pool.looks_at_answers:
+            assert self.backend is not None
+            added = self.pool.policy.answered(
+                self, self.backend, headers, front.secure, front.core.clock.seconds()
+            )
+            out += [b"%s: %s\r\n" % h for h in added]
         if code == 101:
             if self.upgrade is None or upgrade is None:
                 conn.reusable = False
@@ -489,6 +506,7 @@ class FrontProtocol(Protocol):
         self._xff: bytes | None = None
         self._ua: bytes | None = None
         self._referer: bytes | None = None
+        self._cookie_headers: list[bytes] = []
 
     # -- connection life -------------------------------------------------------------------
 
@@ -692,6 +710,8 @@ class FrontProtocol(Protocol):
             elif lname == b"referer":
                 self._referer = value
                 self._headers.append((name, value))
+            elif lname == b"cookie":
+                self._cookie_headers.append(value)
             # keep-alive, proxy-connection, te, trailer, x-forwarded-proto: ours to set
             return
         self._headers.append((name, value))
@@ -767,6 +787,11 @@ class FrontProtocol(Protocol):
         if host is not None:
             out.append(b"Host: %s\r\n" % host)
         out += [b"%s: %s\r\n" % h for h in headers]
+        cookies: list[tuple[bytes, bytes]] = []
+        if self._cookie_headers:
+            cookies, cookie_line = self.core.client_cookies(self._cookie_headers)
+            if cookie_line is not None:
+                out.append(b"Cookie: %s\r\n" % cookie_line)
         out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (xff, proto))
         if host:
             out.append(b'Forwarded: for=%s;proto=%s;host="%s"\r\n' % (fwd_for, proto, host))
@@ -793,6 +818,10 @@ class FrontProtocol(Protocol):
         )
         ex.referer = self._referer
         ex.user_agent = self._ua
+        ex.target = target
+        ex.host = host
+        ex.cookies = cookies
+        ex.headers = headers
         self._reset_head()
         self.reading = ex if body_kind != BODY_NONE else None
         self.deadline = now + limits.body_timeout if body_kind != BODY_NONE else NEVER
@@ -876,8 +905,10 @@ class ProxyCore:
         reactor: IReactorTCP,
         clock: IReactorTime,
         access_log: AccessLog | None = None,
+        cookie_name: str = "SpServer",
     ) -> None:
         self.router = router
+        self.cookie_name = cookie_name.encode("ascii")
         self.status = status
         self.limits = limits
         self.reactor = reactor
@@ -907,6 +938,17 @@ class ProxyCore:
                 idle_timeout=limits.backend_idle_timeout,
             )
         return pool
+
+    def client_cookies(
+        self, headers: list[bytes]
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """The client's cookies, and the one Cookie header to forward: ours is taken out,
+        several headers (HTTP/2 style) become one (RFC 9113 §8.2.3)."""
+        pairs = cookie_pairs(headers)
+        name = self.cookie_name
+        if len(headers) == 1 and name not in headers[0]:
+            return pairs, headers[0]
+        return pairs, without_cookie(pairs, name)
 
     def log_access(
         self,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dlba.interfaces import IBackendPolicy
+from dlba.http.cookies import cookie_value
+from dlba.interfaces import IBackendPolicy, RequestView
 from dlba.tables import BackendState
 
 
@@ -23,24 +24,90 @@ class Pool:
         self.backends = list(backends)
         self.policy = policy
         self.keepalive = keepalive
+        self.looks_at_answers: bool = policy.looks_at_answers
 
-    def choose(self, request: object, now: float, exclude: set[int] | None) -> BackendState | None:
-        """A live, enabled back end not in ``exclude``, as the policy picks; None if none."""
-        if exclude:
-            candidates = [b for b in self.backends if b.number not in exclude and b.live(now)]
-        else:
-            candidates = [b for b in self.backends if b.live(now)]
-        return self.policy.choose(candidates, request)
+    def choose(
+        self, request: RequestView, now: float, exclude: set[int] | None
+    ) -> BackendState | None:
+        return self.policy.choose(request, self.backends, now, exclude)
+
+
+def _host_only(host: bytes) -> bytes:
+    """The Host value without its port, lower-cased."""
+    if host[:1] == b"[":
+        return host.partition(b"]")[0][1:].lower()
+    return host.partition(b":")[0].lower()
+
+
+class Rule:
+    """Matchers that must all hold; an absent matcher holds for every request."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        host: str | None = None,
+        path_prefix: str | None = None,
+        header: str | None = None,
+        cookie: str | None = None,
+    ) -> None:
+        self.pool = pool
+        self.host = host.lower().encode("idna") if host else None
+        self.wildcard = self.host is not None and self.host.startswith(b"*.")
+        self.path_prefix = path_prefix.encode("ascii") if path_prefix else None
+        self.header_name, self.header_value = _name_value(header, lower_name=True)
+        self.cookie_name, self.cookie_value = _name_value(cookie, lower_name=False)
+
+    def matches(self, request: RequestView) -> bool:
+        if self.host is not None:
+            if request.host is None:
+                return False
+            host = _host_only(request.host)
+            if self.wildcard:
+                # "*.example.com" covers any name under example.com, not example.com itself.
+                if not host.endswith(self.host[1:]):
+                    return False
+            elif host != self.host:
+                return False
+        if self.path_prefix is not None and not request.target.startswith(self.path_prefix):
+            return False
+        if self.header_name is not None:
+            found = [v for n, v in request.headers if n.lower() == self.header_name]
+            if not found or (self.header_value is not None and self.header_value not in found):
+                return False
+        if self.cookie_name is not None:
+            value = cookie_value(request.cookies, self.cookie_name) if request.cookies else None
+            if value is None or (self.cookie_value is not None and value != self.cookie_value):
+                return False
+        return True
+
+
+def _name_value(spec: str | None, *, lower_name: bool) -> tuple[bytes | None, bytes | None]:
+    if not spec:
+        return None, None
+    name, eq, value = spec.partition("=")
+    name = name.strip()
+    raw = name.lower() if lower_name else name
+    return raw.encode("latin-1"), value.strip().encode("latin-1") if eq else None
 
 
 class Router:
-    """Picks the pool for a request.  With no rules every request goes to the first pool."""
+    """Picks the pool for a request: the first rule that matches, else the first pool."""
 
-    def __init__(self, pools: Sequence[Pool]) -> None:
+    def __init__(self, pools: Sequence[Pool], rules: Sequence[Rule] = ()) -> None:
         if not pools:
             raise ValueError("a router needs at least one pool")
         self.pools = list(pools)
+        self.rules = list(rules)
         self.default = self.pools[0]
 
-    def route(self, request: object) -> Pool:
+    def route(self, request: RequestView) -> Pool:
+        for rule in self.rules:
+            if rule.matches(request):
+                return rule.pool
         return self.default
+
+    def pool_named(self, name: str) -> Pool:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)

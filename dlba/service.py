@@ -12,10 +12,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger
 
 from dlba.accesslog import AccessLog
-from dlba.config import Config
-from dlba.policy import make_policy
+from dlba.config import Config, PersistenceSection, PoolConfig
+from dlba.interfaces import IBackendPolicy
+from dlba.policy import CookiePolicy, RoundRobin, SessionPolicy, UrlHashPolicy, make_policy
 from dlba.proxy import ProxyCore, ProxyFactory
-from dlba.routing import Pool, Router
+from dlba.routing import Pool, Router, Rule
+from dlba.sessions import SessionTable
 from dlba.status import StatusFactory
 from dlba.tables import BackendState, BackendStatusTable
 
@@ -37,6 +39,20 @@ def build_status_table(config: Config) -> BackendStatusTable:
     return table
 
 
+def build_policy(pool: PoolConfig, persistence: PersistenceSection) -> IBackendPolicy:
+    """The policy a pool's config names; persistence falls back to weighted round-robin."""
+    if pool.policy == "cookie":
+        return CookiePolicy(RoundRobin(), persistence.cookie, persistence.session_cookies)
+    if pool.policy == "session":
+        table = SessionTable(persistence.session_table_size, persistence.session_ttl)
+        return SessionPolicy(
+            RoundRobin(), table, persistence.session_cookies, persistence.session_params
+        )
+    if pool.policy == "url-hash":
+        return UrlHashPolicy(with_query=pool.hash_query)
+    return make_policy(pool.policy)
+
+
 def build_router(config: Config, table: BackendStatusTable) -> Router:
     pools = []
     for pc in config.pools:
@@ -45,11 +61,19 @@ def build_router(config: Config, table: BackendStatusTable) -> Router:
             Pool(
                 pc.name,
                 [r for r in rows if r is not None],
-                make_policy(pc.policy),
+                build_policy(pc, config.persistence),
                 keepalive=pc.backend_keepalive,
             )
         )
-    return Router(pools)
+    by_name = {p.name: p for p in pools}
+    rules = [
+        Rule(by_name[rc.pool], rc.host, rc.path_prefix, rc.header, rc.cookie) for rc in config.rules
+    ]
+    return Router(pools, rules)
+
+
+class UnknownBackend(KeyError):
+    """No back end has that number."""
 
 
 class ProxyService(MultiService):
@@ -70,6 +94,29 @@ class ProxyService(MultiService):
     def startService(self) -> None:
         self.core.start()
         super().startService()
+
+    # -- runtime control (the control plane calls these over AMP) --------------------
+
+    def _backend(self, number: int) -> BackendState:
+        backend = self.core.status.get(number)
+        if backend is None:
+            raise UnknownBackend(number)
+        return backend
+
+    def enable_backend(self, number: int) -> None:
+        """Let back end ``number`` take new requests and sessions again."""
+        self._backend(number).enable()
+        self.log.info("back end {number} enabled", number=number)
+
+    def disable_backend(self, number: int) -> None:
+        """Send back end ``number`` nothing more; its sessions move at once."""
+        self._backend(number).disable()
+        self.log.info("back end {number} disabled", number=number)
+
+    def drain_backend(self, number: int, grace: float) -> None:
+        """No new sessions for back end ``number``; its sessions stay ``grace`` seconds more."""
+        self._backend(number).drain(self.clock.seconds() + grace)
+        self.log.info("back end {number} draining for {grace}s", number=number, grace=grace)
 
     def stopService(self) -> Deferred[Any]:
         listeners = super().stopService()
@@ -154,8 +201,12 @@ def make_node_service(
     access_log = AccessLog(config.log.access_log) if config.log.access_log else None
     ip = config.node_ip()
     limits = config.limits
+    proxy = None
     if config.listen.http or config.listen.https:
-        core = ProxyCore(build_router(config, table), table, limits, reactor, clock, access_log)
+        router = build_router(config, table)
+        core = ProxyCore(
+            router, table, limits, reactor, clock, access_log, config.persistence.cookie
+        )
         proxy = ProxyService(core, limits.shutdown_grace, clock)
         proxy.setName("proxy")
         proxy.setServiceParent(node)
@@ -176,7 +227,7 @@ def make_node_service(
     if config.listen.status:
         svc = strports.service(
             bind_to(config.listen.status, ip),
-            StatusFactory(config.node.number, table, clock),
+            StatusFactory(config.node.number, table, clock, router.pools if proxy else ()),
             reactor=reactor,
         )
         svc.setName("status")

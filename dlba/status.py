@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 
+from dlba.routing import Pool
+from dlba.sessions import SessionTable
 from dlba.tables import BackendStatusTable
 
 
@@ -30,15 +33,36 @@ class StatusFactory(Factory):
     noisy = False
     protocol = StatusProtocol
 
-    def __init__(self, node: int, backends: BackendStatusTable, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        node: int,
+        backends: BackendStatusTable,
+        clock: IReactorTime,
+        pools: Sequence[Pool] = (),
+    ) -> None:
         self.node = node
         self.backends = backends
         self.clock = clock
+        self.pools = pools
 
     def dump(self) -> bytes:
         now = self.clock.seconds()
         lines: list[dict[str, Any]] = [{"table": "node", "number": self.node, "time": now}]
         for row in self.backends.snapshot(now):
             lines.append({"table": "backend", **asdict(row)})
+        for pool in self.pools:
+            sessions = getattr(pool.policy, "table", None)
+            if isinstance(sessions, SessionTable):
+                lines.append(
+                    {
+                        "table": "sessions",
+                        "pool": pool.name,
+                        "size": len(sessions),
+                        "max_size": sessions.max_size,
+                        "hits": sessions.hits,
+                        "misses": sessions.misses,
+                        "hit_rate": round(sessions.hit_rate, 4),
+                    }
+                )
         lines.append({"table": "end"})
         return b"".join(json.dumps(line).encode() + b"\n" for line in lines)

@@ -20,6 +20,8 @@ class BackendState:
     __slots__ = (
         "address",
         "avg_response_time",
+        "drain_deadline",
+        "draining",
         "enabled",
         "failed_until",
         "failures",
@@ -37,6 +39,10 @@ class BackendState:
     # Weight of the newest sample in the response-time average: about the last 20 requests.
     EWMA_ALPHA = 0.05
 
+    # Bumped whenever any back end is enabled, disabled or drained, so that structures
+    # built over the set (the URL-hash table) know to rebuild, without an O(N) check.
+    membership_changes = 0
+
     def __init__(
         self,
         number: int,
@@ -52,6 +58,8 @@ class BackendState:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.weight = weight
         self.enabled = enabled
+        self.draining = False  # no new sessions; existing ones until drain_deadline
+        self.drain_deadline = 0.0
         self.failed_until = 0.0
         self.failures = 0
         self.last_error = ""
@@ -63,6 +71,34 @@ class BackendState:
 
     def live(self, now: float) -> bool:
         return self.enabled and self.failed_until <= now
+
+    def accepts_new(self, now: float) -> bool:
+        """May take a request that belongs to no session yet."""
+        return self.enabled and not self.draining and self.failed_until <= now
+
+    def accepts_sticky(self, now: float) -> bool:
+        """May take a request of a session it already holds (while draining, until the deadline)."""
+        return (
+            self.enabled
+            and self.failed_until <= now
+            and (not self.draining or now < self.drain_deadline)
+        )
+
+    def enable(self) -> None:
+        self.enabled = True
+        self.draining = False
+        BackendState.membership_changes += 1
+
+    def disable(self) -> None:
+        self.enabled = False
+        self.draining = False
+        BackendState.membership_changes += 1
+
+    def drain(self, deadline: float) -> None:
+        self.enabled = True
+        self.draining = True
+        self.drain_deadline = deadline
+        BackendState.membership_changes += 1
 
     def failed(self, now: float) -> bool:
         return self.failed_until > now
@@ -94,6 +130,7 @@ class BackendRow:
     number: int
     address: str
     enabled: bool
+    draining: bool
     failed: bool
     avg_response_time: float
     hits: int
@@ -133,6 +170,7 @@ class BackendStatusTable:
                 number=b.number,
                 address=b.address,
                 enabled=b.enabled,
+                draining=b.draining,
                 failed=b.failed(now),
                 avg_response_time=b.avg_response_time,
                 hits=b.hits,

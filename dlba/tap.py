@@ -72,14 +72,6 @@ class Options(usage.Options):
             cfg = configmod.load(self["config"], node=self["node"])
         except ConfigError as e:
             _fail(str(e))
-        from dlba.policy import POLICIES
-
-        for pool in cfg.pools:
-            if pool.policy not in POLICIES:
-                _fail(
-                    f"{cfg.path}: pool {pool.name!r}: policy {pool.policy!r} is not available "
-                    f"in this version (use one of: {', '.join(sorted(POLICIES))})"
-                )
         if self["state-dir"]:
             from dataclasses import replace
 

@@ -606,3 +606,55 @@ class DrainTests(SynchronousTestCase):
         h.client()
         h.client()
         self.assertIsNone(h.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+
+
+class PersistenceTests(SynchronousTestCase):
+    def harness(self) -> ProxyHarness:
+        from dlba.policy import CookiePolicy, RoundRobin
+
+        h = ProxyHarness(3, secure=True)
+        pool = h.core.router.default
+        pool.policy = CookiePolicy(RoundRobin(), "SpServer", ["JSESSIONID"])
+        pool.looks_at_answers = True
+        return h
+
+    def test_cookie_injected_and_stripped_and_sticky(self) -> None:
+        h = self.harness()
+        front, client = h.client()
+        front.dataReceived(GET)
+        conn, be, port = h.accept_backend()
+        conn.dataReceived(
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: JSESSIONID=s1; Path=/; Secure\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        _, headers = head_of(client.value())
+        number = port - 9000
+        self.assertEqual(
+            headers[b"set-cookie"],
+            [b"JSESSIONID=s1; Path=/; Secure", b"SpServer=%d; Path=/; Secure" % number],
+        )
+        self.assertEqual(headers[b"cache-control"], [b"private"])
+        # The client comes back with the cookie, split over two headers as HTTP/2 would.
+        for _ in range(3):
+            front.dataReceived(
+                b"GET /b HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=s1\r\n"
+                b"Cookie: SpServer=%d; x=y\r\n\r\n" % number
+            )
+            self.assertEqual(h.pending_connects(), [])  # the pooled connection to that back end
+            forwarded = be.value().rsplit(b"GET /b", 1)[1]
+            self.assertIn(b"\r\nCookie: JSESSIONID=s1; x=y\r\n", forwarded)
+            self.assertNotIn(b"SpServer", forwarded)
+            conn.dataReceived(OK)
+
+    def test_dead_backend_session_moves_with_new_number(self) -> None:
+        h = self.harness()
+        front, client = h.client()
+        h.table.get(2).mark_failed(0.0, 60.0, "refused")  # type: ignore[union-attr]
+        front.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: SpServer=2\r\n\r\n")
+        conn, _, port = h.accept_backend()
+        self.assertNotEqual(port, 9002)
+        conn.dataReceived(OK)
+        _, headers = head_of(client.value())
+        self.assertEqual(
+            headers[b"set-cookie"], [b"SpServer=%d; Path=/; HttpOnly; Secure" % (port - 9000)]
+        )

@@ -85,16 +85,6 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn(f"{path}:2:", text)
         self.assertIn("header_timout", text)
 
-    def test_policy_not_yet_available(self) -> None:
-        d = TempDir().make(self)
-        path = os.path.join(d, "c.toml")
-        with open(path, "w") as f:
-            f.write(
-                '[listen]\nhttp = "tcp:0"\n[[pool]]\nname = "a"\npolicy = "url-hash"\n'
-                '[[pool.backend]]\nnumber = 1\naddress = "127.0.0.1:1"\n'
-            )
-        self.assertIn("url-hash", self.parse_fails("--config", path))
-
 
 class MakeServiceTests(SynchronousTestCase):
     def options(self) -> tap.Options:
