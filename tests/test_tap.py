@@ -193,3 +193,59 @@ class JsonLogTests(SynchronousTestCase):
         svc.setServiceParent(app)
         observer = app.getComponent(ILogObserver)
         self.assertTrue(ILogObserver.providedBy(observer))
+
+
+class ControlTests(SynchronousTestCase):
+    """The in-process API the control plane will call: enable, disable, drain."""
+
+    def service(self) -> tuple[object, MemoryReactorClock]:
+        d = TempDir().make(self)
+        path = os.path.join(d, "dlba.toml")
+        with open(path, "w") as f:
+            f.write(
+                '[listen]\nhttp = "tcp:0"\nstatus = "tcp:1"\n'
+                '[[pool]]\nname = "a"\npolicy = "session"\n'
+                '[[pool.backend]]\nnumber = 1\naddress = "127.0.0.1:1"\n'
+                '[[pool.backend]]\nnumber = 2\naddress = "127.0.0.1:2"\n'
+            )
+        o = tap.Options()
+        o.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        return tap.makeService(o, reactor), reactor
+
+    def test_enable_disable_drain(self) -> None:
+        from dlba.service import UnknownBackend
+
+        node, reactor = self.service()
+        proxy = node.getServiceNamed("proxy")  # type: ignore[attr-defined]
+        table = proxy.core.status
+        proxy.disable_backend(2)
+        self.assertFalse(table.get(2).enabled)
+        proxy.enable_backend(2)
+        self.assertTrue(table.get(2).accepts_new(reactor.seconds()))
+        proxy.drain_backend(1, 30.0)
+        b1 = table.get(1)
+        self.assertFalse(b1.accepts_new(reactor.seconds()))
+        self.assertTrue(b1.accepts_sticky(reactor.seconds()))
+        reactor.advance(31)
+        self.assertFalse(b1.accepts_sticky(reactor.seconds()))
+        self.assertRaises(UnknownBackend, proxy.disable_backend, 9)
+
+    def test_status_shows_session_table(self) -> None:
+        import json
+
+        from twisted.internet.testing import StringTransport
+
+        node, reactor = self.service()
+        node.startService()
+        factory = [p[1] for p in reactor.tcpServers if p[0] == 1][0]
+        proto = factory.buildProtocol(None)
+        t = StringTransport()
+        proto.makeConnection(t)
+        rows = [json.loads(line) for line in t.value().splitlines()]
+        sessions = [r for r in rows if r["table"] == "sessions"]
+        self.assertEqual(sessions[0]["pool"], "a")
+        self.assertEqual(sessions[0]["size"], 0)
+        self.assertIn("hit_rate", sessions[0])
+        self.assertEqual([r["draining"] for r in rows if r["table"] == "backend"], [False, False])
+        node.stopService()
