@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from twisted.application.service import IService, IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
@@ -198,7 +199,7 @@ class JsonLogTests(SynchronousTestCase):
 class ControlTests(SynchronousTestCase):
     """The in-process API the control plane will call: enable, disable, drain."""
 
-    def service(self) -> tuple[object, MemoryReactorClock]:
+    def service(self) -> tuple[Any, MemoryReactorClock]:
         d = TempDir().make(self)
         path = os.path.join(d, "dlba.toml")
         with open(path, "w") as f:
@@ -238,8 +239,9 @@ class ControlTests(SynchronousTestCase):
 
         node, reactor = self.service()
         node.startService()
-        factory = [p[1] for p in reactor.tcpServers if p[0] == 1][0]
-        proto = factory.buildProtocol(None)
+        factory = next(p[1] for p in reactor.tcpServers if p[0] == 1)
+        proto = factory.buildProtocol(None)  # type: ignore[arg-type]
+        assert proto is not None
         t = StringTransport()
         proto.makeConnection(t)
         rows = [json.loads(line) for line in t.value().splitlines()]
