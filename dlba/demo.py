@@ -83,7 +83,7 @@ def demo_config(state_dir: str, certificate: str) -> Config:
         pools=(
             PoolConfig(
                 name="demo",
-                policy="round-robin",
+                policy="cookie",
                 adaptive=False,
                 backends=tuple(
                     BackendConfig(number=i + 1, host="127.0.0.1", port=port)
