@@ -1,0 +1,532 @@
+#!/usr/bin/env python3
+"""Measuring and reporting for bench/run.sh (which starts and stops the processes).
+
+    proxybench.py freeports N
+        N free TCP ports on 127.0.0.1, below the ephemeral range, one line.
+    proxybench.py bench --out RESULTS.jsonl --proxy NAME:PID:HTTP_PORT:HTTPS_PORT ...
+        Runs every workload against every proxy, RUNS times each, interleaving the proxies
+        (the order rotates from run to run so slow drift on a noisy machine hits all of
+        them alike), and appends one JSON line per run.
+    proxybench.py report RESULTS.jsonl [--skipped NAME=REASON ...] [--md FILE]
+        The Markdown table of medians, ratios against the targets and the machine.
+
+The figure that counts is the proxy's CPU time per request: utime + stime of the proxy
+process (and any children it has) from /proc/<pid>/stat, read just before the load
+generator starts and just after it exits, in clock ticks (SC_CLK_TCK), divided by the
+requests the generator saw completed.  /proc/<pid>/stat counts every thread of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+X, DASH = "\u00d7", "\u2013"  # x and - for the tables, spelled so linters do not mind
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    tool: str  # "wrk" | "tlsnew" | "rate"
+    scheme: str
+    path: str
+    cpu_target: float | None = None  # dlba/HAProxy CPU per request must be <= this
+    p99_target: float | None = None  # dlba/HAProxy p99 must be <= this
+
+
+WORKLOADS = [
+    Workload("http-ka-100", "HTTP keep-alive, 100 B", "wrk", "http", "/100", cpu_target=3.0),
+    Workload("https-ka-100", "HTTPS keep-alive, 100 B", "wrk", "https", "/100", cpu_target=3.5),
+    Workload("https-ka-16k", "HTTPS keep-alive, 16 KiB", "wrk", "https", "/16k", cpu_target=2.5),
+    Workload(
+        "https-new-tls",
+        "HTTPS, full TLS 1.3 handshake per request",
+        "tlsnew",
+        "https",
+        "/100",
+        cpu_target=1.5,
+    ),
+    Workload("http-ka-16k", "HTTP keep-alive, 16 KiB", "wrk", "http", "/16k"),
+    Workload(
+        "openloop-2000",
+        "HTTP keep-alive 100 B, open loop at 2,000 req/s",
+        "rate",
+        "http",
+        "/100",
+        p99_target=2.0,
+    ),
+]
+WORKLOAD_BY_KEY = {w.key: w for w in WORKLOADS}
+PROXY_ORDER = ["dlba", "haproxy", "nginx"]
+PROXY_TITLE = {"dlba": "dlba", "haproxy": "HAProxy", "nginx": "nginx"}
+
+
+# ---------------------------------------------------------------- CPU accounting
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    kids.extend(int(x) for x in f.read().split())
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return kids
+
+
+def _own_ticks(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    # the command name may hold spaces and parentheses: split after the last ')'
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]), int(fields[12])  # utime (field 14), stime (field 15)
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """utime, stime of pid and its descendants (nginx: master + worker), in ticks."""
+    utime = stime = 0
+    todo = [pid]
+    seen: set[int] = set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            u, s = _own_ticks(p)
+        except (OSError, ValueError):
+            if p == pid:
+                raise
+            continue
+        utime += u
+        stime += s
+        todo.extend(_children(p))
+    return utime, stime
+
+
+# ---------------------------------------------------------------- load generators
+
+_UNIT_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0, "m": 60_000_000.0}
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """Requests, duration, req/s, p99 and error counts from `wrk --latency` output."""
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m),", out)
+    if not m:
+        raise ValueError("no 'N requests in' line in wrk output")
+    res: dict[str, float] = {
+        "requests": int(m.group(1)),
+        "duration_s": float(m.group(2)) * _UNIT_US[m.group(3)] / 1e6,
+    }
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else res["requests"] / res["duration_s"]
+    m = re.search(r"^\s*99(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+    res["p99_us"] = float(m.group(1)) * _UNIT_US[m.group(2)] if m else float("nan")
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = int(m.group(1)) if m else 0
+    return res
+
+
+def parse_loadgen(out: str) -> dict[str, object]:
+    line = next((ln for ln in out.splitlines() if ln.startswith("{")), None)
+    if line is None:
+        raise ValueError("no JSON line in loadgen output")
+    res: dict[str, object] = json.loads(line)
+    res["errors"] = int(res.get("errors", 0)) + int(res.get("timeouts", 0))  # type: ignore[call-overload]
+    return res
+
+
+@dataclass
+class Proxy:
+    name: str
+    pid: int
+    http_port: int
+    https_port: int
+
+
+@dataclass
+class Settings:
+    duration: float
+    warmup: float
+    runs: int
+    wrk_threads: int
+    wrk_conns: int
+    tls_clients: int
+    rate: float
+    rate_conns: int
+    client_cpus: str | None  # taskset -c list for the load generator, None: no pinning
+    loadgen: str
+    wrk: str
+
+
+def command(w: Workload, p: Proxy, s: Settings, duration: float) -> list[str]:
+    port = p.https_port if w.scheme == "https" else p.http_port
+    if w.tool == "wrk":
+        url = f"{w.scheme}://127.0.0.1:{port}{w.path}"
+        cmd = [s.wrk, f"-t{s.wrk_threads}", f"-c{s.wrk_conns}", f"-d{duration:g}s"]
+        cmd += ["--latency", "--timeout", "5s", url]
+    elif w.tool == "tlsnew":
+        cmd = [s.loadgen, "tlsnew", "-p", str(port), "-u", w.path]
+        cmd += ["-c", str(s.tls_clients), "-d", f"{duration:g}"]
+    elif w.tool == "rate":
+        cmd = [s.loadgen, "rate", "-p", str(port), "-u", w.path, "-r", f"{s.rate:g}"]
+        cmd += ["-c", str(s.rate_conns), "-d", f"{duration:g}", "-w", "0", "-T", "5"]
+    else:
+        raise ValueError(w.tool)
+    if s.client_cpus is not None:
+        cmd = ["taskset", "-c", s.client_cpus, *cmd]
+    return cmd
+
+
+def measure(w: Workload, p: Proxy, s: Settings, duration: float) -> dict[str, object]:
+    cmd = command(w, p, s, duration)
+    u0, s0 = cpu_ticks(p.pid)
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "why": f"load generator still running {duration + 30:g} s in: killed"}
+    wall = time.monotonic() - t0
+    u1, s1 = cpu_ticks(p.pid)
+    rec: dict[str, object] = {"cmd": " ".join(cmd), "wall_s": round(wall, 3)}
+    try:
+        res = parse_wrk(proc.stdout) if w.tool == "wrk" else parse_loadgen(proc.stdout)
+    except ValueError as e:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {**rec, "ok": False, "why": f"{e} (exit {proc.returncode}): {' | '.join(tail)}"}
+    rec.update(res)
+    if w.tool != "wrk" and proc.stderr.strip():
+        rec["summary"] = proc.stderr.strip().splitlines()[-1]
+    requests = int(res["requests"])  # type: ignore[call-overload]
+    cpu_s = (u1 - u0 + s1 - s0) / CLK_TCK
+    rec.update(
+        utime_s=(u1 - u0) / CLK_TCK,
+        stime_s=(s1 - s0) / CLK_TCK,
+        cpu_s=cpu_s,
+        cpu_util=round(cpu_s / wall, 3) if wall > 0 else None,
+        cpu_us_per_req=(cpu_s / requests * 1e6) if requests else None,
+    )
+    bad = int(res.get("errors", 0)) + int(res.get("non2xx", 0))  # type: ignore[call-overload]
+    if requests == 0:
+        rec.update(ok=False, why="no request completed")
+    elif bad > 0.01 * (requests + bad):
+        rec.update(ok=False, why=f"{bad} errors or non-2xx responses")
+    elif w.tool == "tlsnew" and int(res.get("resumed", 0)):  # type: ignore[call-overload]
+        rec.update(ok=False, why=f"{res['resumed']} handshakes were resumed, not full")
+    else:
+        rec["ok"] = True
+    return rec
+
+
+def bench(args: argparse.Namespace) -> int:
+    proxies = []
+    for spec in args.proxy:
+        name, pid, hp, sp = spec.split(":")
+        proxies.append(Proxy(name, int(pid), int(hp), int(sp)))
+    s = Settings(
+        duration=args.duration,
+        warmup=args.warmup,
+        runs=args.runs,
+        wrk_threads=args.wrk_threads,
+        wrk_conns=args.wrk_conns,
+        tls_clients=args.tls_clients,
+        rate=args.rate,
+        rate_conns=args.rate_conns,
+        client_cpus=args.client_cpus or None,
+        loadgen=args.loadgen,
+        wrk=args.wrk,
+    )
+    wanted = [WORKLOAD_BY_KEY[k] for k in args.workloads.split()] if args.workloads else WORKLOADS
+    out = Path(args.out)
+    total = len(wanted) * len(proxies) * s.runs
+    done = 0
+    for w in wanted:
+        if s.warmup > 0:  # unmeasured: warm caches, connection pools, lazy imports
+            for p in proxies:
+                subprocess.run(
+                    command(w, p, s, s.warmup), capture_output=True, timeout=s.warmup + 30
+                )
+        for run in range(1, s.runs + 1):
+            shift = (run - 1) % len(proxies)
+            for p in proxies[shift:] + proxies[:shift]:
+                time.sleep(0.5)  # let the previous run's connections close
+                rec = {"workload": w.key, "proxy": p.name, "run": run, "duration": s.duration}
+                rec.update(measure(w, p, s, s.duration))
+                with out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                done += 1
+                if rec["ok"]:
+                    line = (
+                        f"{rec['rps']:9.0f} req/s  {rec['cpu_us_per_req']:7.1f} us CPU/req"
+                        f"  p99 {float(rec['p99_us']) / 1000:7.2f} ms"  # type: ignore[arg-type]
+                        f"  proxy CPU {float(rec['cpu_util']) * 100:3.0f}%"  # type: ignore[arg-type]
+                    )
+                else:
+                    line = f"FAILED: {rec['why']}"
+                print(f"[{done:3d}/{total}] {w.key:14s} {p.name:8s} run {run}: {line}", flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- report
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not available"
+    text = (p.stdout + p.stderr).strip()
+    return text.splitlines()[0].strip() if text else "not available"
+
+
+def machine(python: str) -> list[tuple[str, str]]:
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    model = ln.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    twisted = _first_line(
+        [
+            python,
+            "-c",
+            "import twisted, sys; print(twisted.__version__, 'on Python', sys.version.split()[0])",
+        ]
+    )
+    dlba_openssl = _first_line(
+        [
+            python,
+            "-c",
+            "from OpenSSL import SSL; print(SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode())",
+        ]
+    )
+    return [
+        ("CPUs (nproc)", str(os.cpu_count())),
+        ("CPU model", model),
+        ("kernel", platform.release()),
+        ("HAProxy", _first_line(["haproxy", "-v"])),
+        ("nginx", _first_line(["nginx", "-v"])),
+        ("wrk", _first_line(["wrk", "-v"])),
+        ("OpenSSL (HAProxy, nginx, wrk, loadgen)", _first_line(["openssl", "version"])),
+        ("OpenSSL (dlba, via pyOpenSSL/cryptography)", dlba_openssl),
+        ("Python (dlba)", _first_line([python, "--version"])),
+        ("Twisted", twisted),
+    ]
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return DASH if x is None else format(x, spec)
+
+
+def report(args: argparse.Namespace) -> int:
+    recs = [json.loads(ln) for ln in Path(args.results).read_text().splitlines() if ln.strip()]
+    skipped = dict(s.split("=", 1) for s in (args.skipped or []))
+    present = {r["proxy"] for r in recs}
+    proxies = [p for p in PROXY_ORDER if p in present or p in skipped]
+    workloads = [w for w in WORKLOADS if any(r["workload"] == w.key for r in recs)]
+    meta = json.loads(args.meta) if args.meta else {}
+
+    med: dict[tuple[str, str], dict[str, float | None]] = {}
+    lines = [f"# dlba proxy benchmark, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", ""]
+    if meta:
+        lines += [
+            "Each cell is the median of the runs "
+            f"({meta.get('runs', '?')} {X} {meta.get('duration', '?')} s, after a "
+            f"{meta.get('warmup', '?')} s unmeasured warm-up). {meta.get('setup', '')}",
+            "",
+        ]
+    lines += [
+        "| workload | proxy | req/s | CPU µs/request | p99 ms | proxy CPU use | runs ok "
+        "| CPU µs/req per run |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for w in workloads:
+        for p in proxies:
+            if p in skipped and p not in present:
+                lines.append(f"| {w.title} | {PROXY_TITLE[p]} | skipped | | | | | |")
+                continue
+            runs = [r for r in recs if r["workload"] == w.key and r["proxy"] == p]
+            ok = [r for r in runs if r.get("ok")]
+            m = {
+                "rps": _median([r["rps"] for r in ok]),
+                "cpu": _median([r["cpu_us_per_req"] for r in ok]),
+                "p99": _median([r["p99_us"] for r in ok]),
+                "util": _median([r["cpu_util"] for r in ok]),
+            }
+            med[(w.key, p)] = m
+            per_run = ", ".join(
+                f"{r['cpu_us_per_req']:.1f}" if r.get("ok") else "fail" for r in runs
+            )
+            p99 = None if m["p99"] is None else m["p99"] / 1000
+            util = None if m["util"] is None else m["util"] * 100
+            lines.append(
+                f"| {w.title} | {PROXY_TITLE[p]} | {_fmt(m['rps'], ',.0f')} "
+                f"| {_fmt(m['cpu'], '.1f')} | {_fmt(p99, '.2f')} | {_fmt(util, '.0f')}% "
+                f"| {len(ok)}/{len(runs)} | {per_run} |"
+            )
+
+    def ratio(wk: str, metric: str, ref: str) -> float | None:
+        a, b = med.get((wk, "dlba")), med.get((wk, ref))
+        if not a or not b or a[metric] is None or not b[metric]:
+            return None
+        return a[metric] / b[metric]  # type: ignore[operator]
+
+    lines += [
+        "",
+        "## dlba against the others",
+        "",
+        "| workload | CPU/req dlba/HAProxy | target | CPU/req dlba/nginx "
+        "| p99 dlba/HAProxy | p99 dlba/nginx | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for w in workloads:
+        cpu_h, cpu_n = ratio(w.key, "cpu", "haproxy"), ratio(w.key, "cpu", "nginx")
+        p99_h, p99_n = ratio(w.key, "p99", "haproxy"), ratio(w.key, "p99", "nginx")
+        if w.cpu_target is not None:
+            target, got, what = w.cpu_target, cpu_h, "CPU/req"
+        elif w.p99_target is not None:
+            target, got, what = w.p99_target, p99_h, "p99"
+        else:
+            target, got, what = None, None, ""
+        if target is None:
+            verdict = "no target"
+        elif got is None:
+            verdict = "not measured" + (f" (dlba: {skipped['dlba']})" if "dlba" in skipped else "")
+        else:
+            verdict = f"{what} {'MET' if got <= target else 'MISSED'}"
+        tgt = f"{what} ≤ {target:g}{X}" if target is not None else DASH
+        lines.append(
+            f"| {w.title} | {_fmt(cpu_h, '.2f')}{X} | {tgt} | {_fmt(cpu_n, '.2f')}{X} "
+            f"| {_fmt(p99_h, '.2f')}{X} | {_fmt(p99_n, '.2f')}{X} | {verdict} |"
+        )
+
+    tls = {r["proxy"]: r for r in recs if r["workload"] == "https-new-tls" and r.get("protocol")}
+    if tls:
+        lines += [
+            "",
+            "Negotiated in the handshake workload (every handshake full: resumed = 0):",
+            "",
+        ]
+        for p in proxies:
+            if p in tls:
+                r = tls[p]
+                lines.append(f"- {PROXY_TITLE[p]}: {r['protocol']}, {r['cipher']}, {r['group']}")
+    ol = [r for r in recs if r["workload"] == "openloop-2000" and r.get("ok")]
+    if ol:
+        lags = [r.get("send_lag_p99_us", 0) for r in ol]
+        lines += [
+            "",
+            "Open loop: latency counts from each request's scheduled send time; the generator's "
+            f"own send lag p99 was {min(lags):.0f}{DASH}{max(lags):.0f} µs over the runs "
+            "(a noise floor under the p99).",
+        ]
+    failed = [r for r in recs if not r.get("ok")]
+    if failed:
+        lines += ["", "Failed runs:", ""]
+        lines += [
+            f"- {r['workload']} / {r['proxy']} run {r['run']}: {r.get('why')}" for r in failed
+        ]
+    if skipped:
+        lines += ["", "Skipped:", ""]
+        lines += [f"- {PROXY_TITLE.get(k, k)}: {v}" for k, v in skipped.items()]
+    lines += ["", "## Machine", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in machine(args.python)]
+    for k in ("pinning", "load"):
+        if k in meta:
+            lines.append(f"| {k} | {meta[k]} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(text)
+    return 0
+
+
+# ---------------------------------------------------------------- misc
+
+
+def freeports(args: argparse.Namespace) -> int:
+    ports: list[int] = []
+    rng = random.Random()
+    for _ in range(10000):
+        if len(ports) == args.n:
+            break
+        port = rng.randrange(20000, 32000)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    if len(ports) < args.n:
+        print("no free ports", file=sys.stderr)
+        return 1
+    print(" ".join(map(str, ports)))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("freeports")
+    a.add_argument("n", type=int)
+    a.set_defaults(fn=freeports)
+    a = sub.add_parser("bench")
+    a.add_argument("--out", required=True)
+    a.add_argument("--proxy", action="append", required=True, help="NAME:PID:HTTP_PORT:HTTPS_PORT")
+    a.add_argument("--duration", type=float, default=10)
+    a.add_argument("--warmup", type=float, default=1)
+    a.add_argument("--runs", type=int, default=3)
+    a.add_argument("--wrk-threads", type=int, default=1)
+    a.add_argument("--wrk-conns", type=int, default=32)
+    a.add_argument("--tls-clients", type=int, default=8)
+    a.add_argument("--rate", type=float, default=2000)
+    a.add_argument("--rate-conns", type=int, default=32)
+    a.add_argument("--client-cpus", default="", help="taskset -c list for wrk/loadgen; empty: none")
+    a.add_argument("--workloads", default="", help="space-separated keys; empty: all")
+    a.add_argument("--loadgen", required=True)
+    a.add_argument("--wrk", default="wrk")
+    a.set_defaults(fn=bench)
+    a = sub.add_parser("report")
+    a.add_argument("results")
+    a.add_argument("--skipped", action="append", help="NAME=REASON")
+    a.add_argument("--md", help="also write the Markdown here")
+    a.add_argument("--meta", help="JSON: runs, duration, warmup, setup, pinning, load")
+    a.add_argument("--python", default=sys.executable, help="the Python that runs dlba")
+    a.set_defaults(fn=report)
+    args = ap.parse_args()
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
