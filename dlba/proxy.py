@@ -34,6 +34,7 @@ from dlba.http.rules import (
 )
 from dlba.routing import Router
 from dlba.tables import BackendState, BackendStatusTable
+from dlba.tcp import no_delay
 from dlba.timeouts import NEVER, DeadlineSweeper
 from dlba.upstream import (
     LENGTH,
@@ -112,6 +113,7 @@ class Exchange:
         "http11",
         "keep_alive",
         "method",
+        "pending",
         "pool",
         "referer",
         "request_done",
@@ -170,6 +172,7 @@ class Exchange:
         self.referer: bytes | None = None
         self.user_agent: bytes | None = None
         self.tunnel_buf: list[bytes] | None = None
+        self.pending = b""  # the answer's head, held to go out with the first body bytes
         # What rules and policies read (RequestView).
         self.target = b""
         self.host: bytes | None = None
@@ -326,18 +329,28 @@ class Exchange:
         elif not self.http11:
             out.append(b"Connection: keep-alive\r\n")
         out.append(b"\r\n")
-        front.transport.write(b"".join(out))
+        # One write for head and body where they arrive together: one TLS record, one send.
+        self.pending = b"".join(out)
+
+    def flush(self) -> None:
+        """Send a head still held back: the back end's read is over, the body may be late."""
+        if self.pending:
+            self.front.transport.write(self.pending)
+            self.pending = b""
 
     def upstream_body(self, data: bytes) -> None:
         self.sent_bytes += len(data)
         if self.chunk_out:
-            self.front.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            self.front.transport.write(data)
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        if self.pending:
+            data = self.pending + data
+            self.pending = b""
+        self.front.transport.write(data)
 
     def upstream_complete(self, conn: BackendConnection) -> None:
         if self.chunk_out:
-            self.front.transport.write(b"0\r\n\r\n")
+            self.pending += b"0\r\n\r\n"
+        self.flush()
         core = self.front.core
         assert self.backend is not None
         self.backend.record_response(core.clock.seconds() - conn.sent_at)
@@ -356,7 +369,8 @@ class Exchange:
                 assert self.backend is not None
                 self.backend.record_response(self.front.core.clock.seconds() - conn.sent_at)
                 if self.chunk_out:
-                    self.front.transport.write(b"0\r\n\r\n")
+                    self.pending += b"0\r\n\r\n"
+                self.flush()
                 self.finish()
             else:
                 self.fail_midway(f"back end closed mid-answer: {reason.getErrorMessage()}")
@@ -516,6 +530,7 @@ class FrontProtocol(Protocol):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "")
         self.transport.registerProducer(_ClientThrottle(self), True)
+        no_delay(self.transport)
         self.deadline = core.clock.seconds() + self.limits.header_timeout
         core.sweeper.watch(self)
 

@@ -18,10 +18,12 @@ from twisted.python.failure import Failure
 
 from dlba.http.rules import comma_tokens
 from dlba.tables import BackendState
+from dlba.tcp import no_delay
 from dlba.timeouts import NEVER, DeadlineSweeper
 
 if TYPE_CHECKING:
     from dlba.proxy import Exchange
+
 
 # How the body of an answer is delimited.
 NO_BODY = 0
@@ -105,6 +107,7 @@ class BackendConnection(Protocol):
     def connectionMade(self) -> None:
         self.connected_ = True
         self.transport.registerProducer(_UpstreamThrottle(self), True)
+        no_delay(self.transport)
         self.pool.sweeper.watch(self)
         self.pool.connected(self, self.factory.exchange)  # type: ignore[attr-defined]
 
@@ -209,11 +212,14 @@ class BackendConnection(Protocol):
             else:
                 self._bad_answer(f"malformed answer: {e.__context__ or e}")
                 return
-        if self._complete and self.exchange is not None:
-            self._complete = False
-            self._reset_message()
-            ex = self.exchange
-            ex.upstream_complete(self)
+        ex = self.exchange
+        if ex is not None:
+            if self._complete:
+                self._complete = False
+                self._reset_message()
+                ex.upstream_complete(self)
+            else:
+                ex.flush()
 
     def _bad_answer(self, why: str) -> None:
         ex = self.exchange
