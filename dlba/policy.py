@@ -6,10 +6,10 @@ Pure: no reactor, no sockets; time is passed in.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from zope.interface import implementer
 
+from dlba.hashing import MaglevTable, stable_hash64, url_key
 from dlba.http.cookies import (
     SetCookie,
     backend_number,
@@ -256,29 +256,45 @@ class SessionPolicy:
         return []
 
 
+class _Unfit:
+    """The back ends a URL must avoid now, asked one number at a time (no O(N) set)."""
+
+    __slots__ = ("by_number", "exclude", "now")
+
+    def __init__(
+        self, by_number: dict[int, BackendState], now: float, exclude: set[int] | None
+    ) -> None:
+        self.by_number = by_number
+        self.now = now
+        self.exclude = exclude
+
+    def __contains__(self, number: object) -> bool:
+        if self.exclude and number in self.exclude:
+            return True
+        return self.by_number[number].failed_until > self.now  # type: ignore[index]
+
+
 @implementer(IBackendPolicy)
 class UrlHashPolicy(_NoAnswers):
-    """Consistent hashing of the URL (Maglev), so each URL keeps to one cache.
+    """Consistent hashing of the URL (weighted Maglev), so each URL keeps to one cache.
 
-    The table holds the enabled, undrained back ends, with their weights, and is rebuilt
-    only when that set changes.  A back end that is failed for a while keeps its place:
-    its URLs go, for that while, to the next live entries of the table, and come back.
+    The table holds the enabled, undrained back ends and is rebuilt (at the same size,
+    so few URLs move) only when that set changes.  A back end that is failed for a while
+    keeps its place: its URLs go to other back ends for that while, and come back.
     """
 
     def __init__(self, with_query: bool = False) -> None:
         self.with_query = with_query
-        self._table: Any = None
+        self._table = MaglevTable(())
         self._built_for: tuple[int, int] = (-1, -1)
         self._by_number: dict[int, BackendState] = {}
 
-    def _table_for(self, backends: Sequence[BackendState]) -> Any:
-        from dlba.hashing import MaglevTable
-
+    def _table_for(self, backends: Sequence[BackendState]) -> MaglevTable:
         stamp = (BackendState.membership_changes, id(backends))
         if stamp != self._built_for:
             members = [b for b in backends if b.enabled and not b.draining]
             self._by_number = {b.number: b for b in members}
-            self._table = MaglevTable([(b.number, b.weight) for b in members]) if members else None
+            self._table = self._table.rebuild([(b.number, b.weight) for b in members])
             self._built_for = stamp
         return self._table
 
@@ -290,21 +306,9 @@ class UrlHashPolicy(_NoAnswers):
         exclude: set[int] | None,
     ) -> BackendState | None:
         table = self._table_for(backends)
-        if table is None:
-            return None
-        from dlba.hashing import stable_hash64, url_key
-
         h = stable_hash64(url_key(request.target, self.with_query))
-        by_number = self._by_number
-        size = table.size
-        for probe in range(size):
-            number = table.lookup_hash(h + probe)
-            b = by_number[number]
-            if b.failed_until <= now and not (exclude and number in exclude):
-                return b
-            if probe > 4 * len(by_number) + 16:
-                break  # every member has had many chances: none is fit
-        return None
+        number = table.get_hash(h, _Unfit(self._by_number, now, exclude))
+        return None if number is None else self._by_number[number]
 
 
 PolicyFactory = Callable[[], IBackendPolicy]

@@ -257,3 +257,55 @@ class PoolAndRuleTests(SynchronousTestCase):
         self.assertIsInstance(make_policy("round-robin"), RoundRobin)
         self.assertIsInstance(make_policy("least-load"), LeastLoad)
         self.assertRaises(UnknownPolicy, make_policy, "nope")
+
+
+class UrlHashPolicyTests(SynchronousTestCase):
+    def test_same_url_same_backend_and_spread(self) -> None:
+        from dlba.policy import UrlHashPolicy
+
+        policy = UrlHashPolicy()
+        bs = backends(1, 1, 1)
+        seen: dict[bytes, int] = {}
+        for i in range(300):
+            target = b"/img/%d.gif?v=%d" % (i, i % 7)
+            b = policy.choose(Req(target=target), bs, 0.0, None)
+            assert b is not None
+            seen[target] = b.number
+            again = policy.choose(Req(target=target.split(b"?")[0] + b"?other"), bs, 0.0, None)
+            self.assertIs(again, b)  # the query is not hashed by default
+        counts = Counter(seen.values())
+        self.assertEqual(set(counts), {1, 2, 3})
+        self.assertTrue(all(60 <= c <= 140 for c in counts.values()), counts)
+
+    def test_failed_backend_urls_move_and_come_back(self) -> None:
+        from dlba.policy import UrlHashPolicy
+
+        policy = UrlHashPolicy()
+        bs = backends(1, 1, 1)
+        targets = [b"/%d" % i for i in range(200)]
+        before = {t: policy.choose(Req(target=t), bs, 0.0, None) for t in targets}
+        bs[1].mark_failed(0.0, 10.0, "refused")
+        during = {t: policy.choose(Req(target=t), bs, 1.0, None) for t in targets}
+        for t in targets:
+            if before[t] is bs[1]:
+                self.assertIsNot(during[t], bs[1])
+            else:
+                self.assertIs(during[t], before[t])  # nobody else's URLs move
+        after = {t: policy.choose(Req(target=t), bs, 11.0, None) for t in targets}
+        self.assertEqual(after, before)
+
+    def test_disabled_backend_leaves_table_and_query_option(self) -> None:
+        from dlba.policy import UrlHashPolicy
+
+        bs = backends(1, 1, 1, 1)
+        policy = UrlHashPolicy(with_query=True)
+        targets = [b"/a?%d" % i for i in range(400)]
+        before = {t: policy.choose(Req(target=t), bs, 0.0, None) for t in targets}
+        self.assertGreater(len({b.number for b in before.values() if b}), 3)
+        bs[0].disable()
+        after = {t: policy.choose(Req(target=t), bs, 0.0, None) for t in targets}
+        moved = sum(1 for t in targets if before[t] is not after[t])
+        self.assertTrue(all(b is not bs[0] for b in after.values()))
+        owned = sum(1 for b in before.values() if b is bs[0])
+        self.assertLessEqual(moved, owned + len(targets) * 0.02)
+        self.assertIsNone(policy.choose(Req(), [], 0.0, None))
