@@ -611,9 +611,14 @@ class FrontProtocol(Protocol):
             self.deadline = self.core.clock.seconds() + self.limits.idle_timeout
             tunnel.write(data)
             return
-        if self.queue and self.queue[-1].tunnel_buf is not None:
-            self.queue[-1].tunnel_buf.append(data)  # type: ignore[union-attr]
-            return
+        if self.queue:
+            waiting = self.queue[-1].tunnel_buf
+            if waiting is not None:
+                # Bytes for the upgraded protocol before the back end agreed: hold a little.
+                waiting.append(data)
+                if sum(map(len, waiting)) > BODY_BUFFER_LIMIT:
+                    self.pause_reading(self.PAUSE_TUNNEL)
+                return
         if self._in_head:
             self._head_bytes += len(data)
         try:
@@ -905,6 +910,7 @@ class FrontProtocol(Protocol):
         if ex.tunnel_buf:
             conn.write(b"".join(ex.tunnel_buf))
         ex.tunnel_buf = None
+        self.resume_reading(self.PAUSE_TUNNEL)
 
 
 class ProxyCore:

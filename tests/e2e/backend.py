@@ -12,8 +12,10 @@ closes an idle connection (``--idle-close``).
 
 Every answer carries ``X-Backend: NAME``.  Paths:
 
-- ``/_stats``: JSON ``{"name", "connections", "requests", "open", "targets"}``.  A
-  connection whose first request is ``/_stats`` is not counted, nor are those requests.
+- ``/_stats``: JSON ``{"name", "connections", "requests", "completed", "open",
+  "targets"}``: ``requests`` counts heads received, ``completed`` requests whose body
+  arrived whole.  A connection whose first request is ``/_stats`` is not counted, nor
+  are those requests.
 - ``/echo``: JSON of what arrived: method, target, version, headers as ``[name, value]``
   pairs in order, the body's length and sha256, and whether ``Expect: 100-continue``
   was seen.
@@ -21,6 +23,7 @@ Every answer carries ``X-Backend: NAME``.  Paths:
 - ``/body?n=N``: N bytes of a fixed pattern (``pattern(N)``), with Content-Length.
 - ``/chunked?n=N&size=K``: N bytes of the pattern in K-byte chunks, with a trailer.
 - ``/slow?ms=N``: answers after N milliseconds.
+- ``/drip?chunks=N&ms=M``: a chunked answer whose N chunks come M milliseconds apart.
 - ``/hang``: never answers.
 - ``/close``: answers with ``Connection: close`` and closes.
 - ``/status?code=N``: answers with status N (no body for 1xx, 204, 304).
@@ -29,7 +32,9 @@ Every answer carries ``X-Backend: NAME``.  Paths:
 
 A request carrying ``Expect: 100-continue`` and a body gets ``100 Continue`` first.
 ``--idle-close S`` closes a connection idle between requests for S seconds;
-``--always-close`` answers every request with ``Connection: close``.
+``--always-close`` answers every request with ``Connection: close``; ``--drop-reused``
+closes, without answering, a connection on which a second request arrives (the race of
+a keep-alive connection closed just as a request is sent on it).
 """
 
 from __future__ import annotations
@@ -83,11 +88,15 @@ class BadRequest(Exception):
 
 
 class Server(ServerFactory):
-    def __init__(self, name: str, idle_close: float | None, always_close: bool) -> None:
+    def __init__(
+        self, name: str, idle_close: float | None, always_close: bool, drop_reused: bool
+    ) -> None:
         self.name = name
         self.idle_close = idle_close
         self.always_close = always_close
+        self.drop_reused = drop_reused
         self.accepted = 0
+        self.completed = 0
         self.stats_connections = 0
         self.requests = 0
         self.open = 0
@@ -101,6 +110,7 @@ class Server(ServerFactory):
             "name": self.name,
             "connections": self.accepted - self.stats_connections,
             "requests": self.requests,
+            "completed": self.completed,
             "open": self.open,
             "targets": self.targets,
         }
@@ -199,6 +209,12 @@ class Connection(Protocol):
             self.server.requests += 1
             self.server.targets.append(self.target)
         self.served += 1
+        if self.server.drop_reused and self.served > 1 and not stats:
+            event("dropped", target=self.target)
+            self.state = DEAD
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
         self.hasher = hashlib.sha256()
         self.body_length = 0
         te = self.header("transfer-encoding")
@@ -284,6 +300,8 @@ class Connection(Protocol):
     def _dispatch(self) -> None:
         path = self.url.path
         name = self.server.name
+        if path != "/_stats":
+            self.server.completed += 1
         if path == "/_stats":
             self._json(self.server.stats())
         elif path in ("/echo", "/upload", "/continue"):
@@ -307,6 +325,8 @@ class Connection(Protocol):
             clock: IReactorTime = reactor
             ms = int(self.query.get("ms", "1000"))
             self.pending = clock.callLater(ms / 1000, self._slow_done)
+        elif path == "/drip":
+            self._drip(int(self.query.get("chunks", "5")), int(self.query.get("ms", "100")))
         elif path == "/hang":
             pass
         elif path == "/close":
@@ -325,6 +345,25 @@ class Connection(Protocol):
     def _slow_done(self) -> None:
         self.pending = None
         self._send(200, [("Content-Type", "text/plain")], b"slow " + self.server.name.encode())
+
+    def _drip(self, chunks: int, ms: int) -> None:
+        assert self.transport is not None
+        self.transport.write(
+            self._start(200, [("Content-Type", "text/plain")], False)
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        self._drip_next(chunks, 0, ms)
+
+    def _drip_next(self, chunks: int, sent: int, ms: int) -> None:
+        self.pending = None
+        assert self.transport is not None
+        if sent == chunks:
+            self.transport.write(b"0\r\n\r\n")
+            self._done()
+            return
+        self.transport.write(b"6\r\ndrip%d\n\r\n" % (sent % 10))
+        clock: IReactorTime = reactor
+        self.pending = clock.callLater(ms / 1000, self._drip_next, chunks, sent + 1, ms)
 
     def _json(self, value: object) -> None:
         body = json.dumps(value).encode() + b"\n"
@@ -414,13 +453,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=0, help="else listen on 127.0.0.1:PORT")
     parser.add_argument("--idle-close", type=float, default=None)
     parser.add_argument("--always-close", action="store_true")
+    parser.add_argument("--drop-reused", action="store_true")
     parser.add_argument("--log", action="store_true", help="Twisted's log on stderr")
     args = parser.parse_args(argv)
     if args.log:
         from twisted.python import log
 
         log.startLogging(sys.stderr, setStdout=False)
-    server = Server(args.name, args.idle_close, args.always_close)
+    server = Server(args.name, args.idle_close, args.always_close, args.drop_reused)
     if args.fd is not None:
         os.set_blocking(args.fd, False)  # the reactor accepts until EAGAIN
         sockets: IReactorSocket = reactor

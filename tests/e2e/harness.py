@@ -256,7 +256,14 @@ def need(*binaries: str) -> None:
 class Backend:
     """``tests/e2e/backend.py`` on a socket this process bound (see the module docstring)."""
 
-    def __init__(self, name: str, *, idle_close: float | None = None, always_close: bool = False):
+    def __init__(
+        self,
+        name: str,
+        *,
+        idle_close: float | None = None,
+        always_close: bool = False,
+        drop_reused: bool = False,
+    ):
         self.name = name
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -268,6 +275,8 @@ class Backend:
                 argv += ["--idle-close", str(idle_close)]
             if always_close:
                 argv.append("--always-close")
+            if drop_reused:
+                argv.append("--drop-reused")
             self._ready: dict[str, Any] | None = None
             self.events: list[dict[str, Any]] = []
             self.ready_waiters = Waiters()
@@ -492,7 +501,7 @@ class Incomplete(Exception):
 
 
 def parse_response(
-    data: bytes, *, head: bool = False, closed: bool = False
+    data: bytes | bytearray, *, head: bool = False, closed: bool = False
 ) -> tuple[Response, int]:
     """One response from the start of ``data``: (response, bytes used).
 
@@ -530,7 +539,7 @@ def parse_response(
                 break
             if len(data) < at + size + 2:
                 raise Incomplete()
-            body.append(data[at : at + size])
+            body.append(bytes(data[at : at + size]))
             assert data[at + size : at + size + 2] == b"\r\n", "chunk without CRLF"
             at += size + 2
         while True:
@@ -549,12 +558,12 @@ def parse_response(
         n = int(cl)
         if len(data) < at + n:
             raise Incomplete()
-        response.body = data[at : at + n]
+        response.body = bytes(data[at : at + n])
         return response, at + n
     if not closed:
         raise Incomplete()
     response.close_delimited = True
-    response.body = data[at:]
+    response.body = bytes(data[at:])
     return response, len(data)
 
 
@@ -583,7 +592,8 @@ class RawClient(Protocol):
     """Sends exactly what it is given; collects what comes back."""
 
     def __init__(self) -> None:
-        self.data = b""
+        self.received = bytearray()  # amortised appends: answers may be megabytes
+        self.unparsed = bytearray()  # what next_response has not used yet
         self.closed = False
         self.waiters = Waiters()
 
@@ -591,12 +601,18 @@ class RawClient(Protocol):
         self.waiters.poke()
 
     def dataReceived(self, data: bytes) -> None:
-        self.data += data
+        self.received += data
+        self.unparsed += data
         self.waiters.poke()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closed = True
         self.waiters.poke(final="the connection closed")
+
+    @property
+    def data(self) -> bytes:
+        """Everything received so far."""
+        return bytes(self.received)
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -629,6 +645,29 @@ class RawClient(Protocol):
         """The first final answer."""
         found = await self.responses(1, heads=[head], seconds=seconds)
         return next(r for r in found if r.status >= 200 or r.status == 101)
+
+    async def next_response(
+        self, *, head: bool = False, seconds: float = CLIENT_DEADLINE
+    ) -> Response:
+        """The next answer after those taken before (interim ones are skipped)."""
+
+        def check() -> Response | None:
+            while True:
+                try:
+                    response, used = parse_response(self.unparsed, head=head, closed=self.closed)
+                except Incomplete:
+                    if self.closed:
+                        raise AssertionError(
+                            f"closed before a whole answer; got {self.unparsed[:2000]!r}"
+                        ) from None
+                    return None
+                del self.unparsed[:used]
+                if response.status >= 200 or response.status == 101:
+                    return response
+
+        what = "the next answer"
+        result: Response = await within(self.waiters.add(check, what), seconds, what)
+        return result
 
     async def when_closed(self, seconds: float = CLIENT_DEADLINE) -> bytes:
         """Everything received, once the other side has closed the connection."""
