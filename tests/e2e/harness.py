@@ -140,14 +140,23 @@ class ProcessResult:
 
 
 class Child(ProcessProtocol):
-    """A child process: collects its output, calls ``on_line`` per stdout line."""
+    """A child process: collects its output, calls ``on_line`` per stdout line.
+
+    ``stdin`` is written at once; stdin is then closed, or with ``close_stdin_when`` only
+    once that returns true for the stdout so far.
+    """
 
     def __init__(
-        self, name: str, stdin: bytes | None = None, on_line: Callable[[bytes], None] | None = None
+        self,
+        name: str,
+        stdin: bytes | None = None,
+        on_line: Callable[[bytes], None] | None = None,
+        close_stdin_when: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.name = name
         self.stdin = stdin
         self.on_line = on_line
+        self.close_stdin_when = close_stdin_when
         self.out: list[bytes] = []
         self.err: list[bytes] = []
         self._partial = b""
@@ -160,10 +169,15 @@ class Child(ProcessProtocol):
         self.pid = self.transport.pid  # type: ignore[attr-defined]
         if self.stdin is not None:
             self.transport.write(self.stdin)
-            self.transport.closeStdin()
+            if self.close_stdin_when is None:
+                self.transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
         self.out.append(data)
+        if self.close_stdin_when is not None and self.close_stdin_when(b"".join(self.out)):
+            self.close_stdin_when = None
+            assert self.transport is not None
+            self.transport.closeStdin()
         if self.on_line is not None:
             lines = (self._partial + data).split(b"\n")
             self._partial = lines.pop()
@@ -233,10 +247,14 @@ def spawn(
 
 
 async def run(
-    argv: Sequence[str], stdin: bytes = b"", deadline: float = CLIENT_DEADLINE
+    argv: Sequence[str],
+    stdin: bytes = b"",
+    deadline: float = CLIENT_DEADLINE,
+    close_stdin_when: Callable[[bytes], bool] | None = None,
 ) -> ProcessResult:
     """Run a client to its end; killed and failed if it takes longer than ``deadline``."""
-    child = spawn(argv, Child(os.path.basename(argv[0]), stdin=stdin))
+    name = os.path.basename(argv[0])
+    child = spawn(argv, Child(name, stdin=stdin, close_stdin_when=close_stdin_when))
     try:
         return await child.when_ended(deadline)
     except AssertionError:
@@ -802,9 +820,14 @@ class E2ETestCase(TestCase):
         argv = ["curl", "-sS", "--noproxy", "*", "--max-time", str(deadline - 2), *args]
         return await run(argv, deadline=deadline)
 
-    async def openssl(self, *args: str, stdin: bytes = b"") -> ProcessResult:
+    async def openssl(
+        self,
+        *args: str,
+        stdin: bytes = b"",
+        close_stdin_when: Callable[[bytes], bool] | None = None,
+    ) -> ProcessResult:
         need("openssl")
-        return await run(["openssl", *args], stdin=stdin)
+        return await run(["openssl", *args], stdin=stdin, close_stdin_when=close_stdin_when)
 
 
 def curl_responses(out: bytes) -> list[Response]:

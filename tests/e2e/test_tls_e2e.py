@@ -1,0 +1,113 @@
+"""dlba's HTTPS listener from outside with ``openssl s_client`` and curl."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from tests.e2e.harness import E2ETestCase, ProcessResult, curl_responses
+
+# s_client sends this; its stdin is closed (so it ends the session) once the whole answer
+# is on its stdout, by then with any TLS 1.3 tickets, which come before application data.
+# Not "-ign_eof and wait for dlba to close", so that these tests do not hang on how dlba
+# closes TLS connections (test_bad_input_e2e checks that).
+REQUEST = b"GET /tls HTTP/1.1\r\nHost: a.example\r\n\r\n"
+
+
+def answered(out: bytes) -> bool:
+    return b"\r\n\r\nbackend b1\n" in out
+
+
+def subject_cn(text: str) -> str:
+    # OpenSSL 3.0 prints "subject=CN = a.example", 3.2 and later "subject=CN=a.example".
+    match = re.search(r"^subject=.*?CN ?= ?([^,\s/]+)", text, re.MULTILINE)
+    return match.group(1) if match else ""
+
+
+class TLSTests(E2ETestCase):
+    async def start_tls(self) -> None:
+        self.b1 = self.backend("b1")
+        certificates = [
+            self.certificate("a.pem", "a.example"),
+            self.certificate("b.pem", "b.example"),
+        ]
+        self.node = await self.start([self.b1], certificates=certificates)
+
+    async def s_client(self, *args: str) -> ProcessResult:
+        argv = ["s_client", "-connect", f"127.0.0.1:{self.node.https}", *args]
+        return await self.openssl(*argv, stdin=REQUEST, close_stdin_when=answered)
+
+    def assertAnswered(self, result: ProcessResult, version: str) -> None:
+        self.assertIn(f", {version}, Cipher is ", result.text)
+        self.assertIn("HTTP/1.1 200 OK", result.stdout)
+        self.assertIn("X-Backend: b1", result.stdout)
+
+    async def test_tls13(self) -> None:
+        await self.start_tls()
+        result = await self.s_client("-tls1_3", "-servername", "a.example")
+        self.assertAnswered(result, "TLSv1.3")
+
+    async def test_tls12(self) -> None:
+        await self.start_tls()
+        result = await self.s_client("-tls1_2", "-servername", "a.example")
+        self.assertAnswered(result, "TLSv1.2")
+
+    async def test_tls11_refused(self) -> None:
+        await self.start_tls()
+        # SECLEVEL=0 so that the refusal comes from dlba, not the client's own policy.
+        result = await self.s_client("-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+        self.assertNotEqual(result.code, 0, result.text)
+        self.assertIn("alert protocol version", result.text)
+        self.assertNotIn("HTTP/1.1", result.stdout)
+        self.assertEqual((await self.b1.stats())["requests"], 0)
+
+    async def assertResumes(self, version: str, *args: str) -> ProcessResult:
+        session = self.path(f"session-{version}.pem")
+        first = await self.s_client(*args, "-sess_out", session)
+        self.assertIn(f"New, {version}", first.text)
+        self.assertAnswered(first, version)
+        self.assertTrue(os.path.exists(session), first.text)
+        second = await self.s_client(*args, "-sess_in", session)
+        self.assertIn(f"Reused, {version}", second.text)
+        self.assertAnswered(second, version)
+        return second
+
+    async def test_resumption(self) -> None:
+        await self.start_tls()
+        await self.assertResumes("TLSv1.3", "-tls1_3", "-servername", "a.example")
+        await self.assertResumes("TLSv1.2", "-tls1_2", "-servername", "b.example")
+
+    async def test_sni_picks_the_certificate(self) -> None:
+        await self.start_tls()
+        for sni, cn in [("a.example", "a.example"), ("b.example", "b.example")]:
+            result = await self.s_client("-servername", sni)
+            self.assertEqual(subject_cn(result.text), cn, result.text)
+            self.assertAnswered(result, "TLSv1.3")
+        result = await self.s_client("-noservername")
+        self.assertEqual(subject_cn(result.text), "a.example", result.text)
+        self.assertAnswered(result, "TLSv1.3")
+
+    async def test_alpn_http11(self) -> None:
+        await self.start_tls()
+        result = await self.s_client("-alpn", "h2,http/1.1", "-servername", "a.example")
+        self.assertIn("ALPN protocol: http/1.1", result.text)
+        self.assertAnswered(result, "TLSv1.3")
+
+    async def test_curl_http2_falls_back_to_http11(self) -> None:
+        await self.start_tls()
+        port = self.node.https
+        result = await self.curl(
+            "-i",
+            "-k",
+            "--http2",
+            "--resolve",
+            f"b.example:{port}:127.0.0.1",
+            "-w",
+            "##%{http_version}",
+            f"https://b.example:{port}/h",
+        )
+        self.assertEqual(result.code, 0, result.text)
+        out, _, version = result.out.partition(b"##")
+        self.assertEqual(version, b"1.1")
+        (response,) = curl_responses(out)
+        self.assertEqual(response.status, 200)
