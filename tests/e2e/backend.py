@@ -8,7 +8,9 @@ It serves on a listening socket it inherits as file descriptor ``--fd`` (the tes
 it, so the port is known before this process starts and no port can be stolen), or on
 ``--port`` (0 picks one).  When it is serving it prints one JSON line to stdout:
 ``{"event": "ready", "port": N}``; it prints ``{"event": "idle-close", ...}`` when it
-closes an idle connection (``--idle-close``).
+closes an idle connection (``--idle-close``), ``{"event": "request", "target": T}``
+for each request head it reads (but ``/_stats``), and ``{"event": "closed", ...}`` when
+a connection ends.
 
 Every answer carries ``X-Backend: NAME``.  Paths:
 
@@ -138,6 +140,7 @@ class Connection(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.server.open -= 1
+        event("closed", served=self.served)
         self.state = DEAD
         for call in (self.idle_call, self.pending):
             if call is not None and call.active():
@@ -208,6 +211,7 @@ class Connection(Protocol):
         if not stats:
             self.server.requests += 1
             self.server.targets.append(self.target)
+            event("request", target=self.target)
         self.served += 1
         if self.server.drop_reused and self.served > 1 and not stats:
             event("dropped", target=self.target)

@@ -69,12 +69,42 @@ HTTP_ENDPOINT = HTTPS_ENDPOINT = "tcp:0:interface=127.0.0.1"
 FROM_TREE = os.environ.get("DLBA_E2E_TREE", "") not in ("", "0")
 
 
-def within(d: Deferred[T], seconds: float, what: str) -> Deferred[T]:
-    """``d``, failing with an AssertionError naming ``what`` if it takes over ``seconds``."""
+# -- known dlba bugs -------------------------------------------------------------------
+# Tests that fail because of these carry @todo(...) (trial's expected failure) until the
+# bug is fixed; then remove the decorator.
+
+TLS_CLOSE = (
+    "dlba bug: over TLS dlba never closes a client connection: TLSMemoryBIOProtocol."
+    "loseConnection waits for the producer FrontProtocol registers in connectionMade"
+)
+RESPONSE_TIMEOUT = (
+    "dlba bug: backend_response_timeout runs from when the request head is sent and is "
+    "never moved: a slow upload gets 504 and a streaming answer is cut"
+)
+OWN_ANSWER_BYTES = "dlba bug: answers dlba makes itself are logged with '-' for the bytes"
+JSON_LINES = "dlba bug: every JSON log line starts with RS (0x1e): not one JSON object a line"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def todo(reason: str) -> Callable[[F], F]:
+    """Trial's expected failure (``todo``) for a test that fails because of a dlba bug."""
+
+    def mark(test: F) -> F:
+        test.todo = reason  # type: ignore[attr-defined]
+        return test
+
+    return mark
+
+
+def within(d: Deferred[T], seconds: float, what: str | Callable[[], str]) -> Deferred[T]:
+    """``d``, failing with an AssertionError naming ``what`` if it takes over ``seconds``
+    (a callable ``what`` is asked at that time, so it can tell the state then)."""
 
     def timed_out(failure: Failure) -> Failure:
         if failure.check(TimeoutError):
-            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+            told = what() if callable(what) else what
+            raise AssertionError(f"timed out after {seconds}s waiting for {told}")
         return failure
 
     d.addTimeout(seconds, reactor)
@@ -637,7 +667,9 @@ class RawClient(Protocol):
         self.transport.write(data)
 
     def when(self, check: Callable[[], Any], what: str, seconds: float = CLIENT_DEADLINE) -> Any:
-        return within(self.waiters.add(check, what), seconds, what)
+        return within(
+            self.waiters.add(check, what), seconds, lambda: f"{what}; got {self.data[:500]!r}"
+        )
 
     async def responses(
         self, count: int = 1, *, heads: Sequence[bool] = (), seconds: float = CLIENT_DEADLINE
@@ -655,8 +687,10 @@ class RawClient(Protocol):
                 )
             return None
 
-        what = f"{count} answer(s); got so far {self.data[:300]!r}"
-        result: list[Response] = await within(self.waiters.add(check, what), seconds, what)
+        what = f"{count} answer(s)"
+        result: list[Response] = await within(
+            self.waiters.add(check, what), seconds, lambda: f"{what}; got {self.data[:500]!r}"
+        )
         return result
 
     async def response(self, *, head: bool = False, seconds: float = CLIENT_DEADLINE) -> Response:
@@ -684,7 +718,9 @@ class RawClient(Protocol):
                     return response
 
         what = "the next answer"
-        result: Response = await within(self.waiters.add(check, what), seconds, what)
+        result: Response = await within(
+            self.waiters.add(check, what), seconds, lambda: f"{what}; got {self.unparsed[:500]!r}"
+        )
         return result
 
     async def when_closed(self, seconds: float = CLIENT_DEADLINE) -> bytes:
@@ -692,7 +728,7 @@ class RawClient(Protocol):
         await within(
             self.waiters.add(lambda: True if self.closed else None, "the close"),
             seconds,
-            f"the peer to close the connection (got {self.data[:300]!r})",
+            lambda: f"the peer to close the connection; got {self.data[:500]!r}",
         )
         return self.data
 
