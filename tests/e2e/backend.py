@@ -27,6 +27,10 @@ Every answer carries ``X-Backend: NAME``.  Paths:
 - ``/slow?ms=N``: answers after N milliseconds.
 - ``/drip?chunks=N&ms=M``: a chunked answer whose N chunks come M milliseconds apart.
 - ``/hang``: never answers.
+- ``/truncate?n=N&send=M``: promises N bytes (Content-Length, or chunked with
+  ``chunked=1``), sends M of them and closes.
+- ``/garbage``: answers with bytes that are not HTTP.
+- ``/switch``: answers 101 though nobody asked for an upgrade.
 - ``/close``: answers with ``Connection: close`` and closes.
 - ``/status?code=N``: answers with status N (no body for 1xx, 204, 304).
 - ``/ws``: a WebSocket upgrade: 101, then every byte is echoed back.
@@ -333,6 +337,16 @@ class Connection(Protocol):
             self._drip(int(self.query.get("chunks", "5")), int(self.query.get("ms", "100")))
         elif path == "/hang":
             pass
+        elif path == "/truncate":
+            self._truncate(self._n(), int(self.query.get("send", "10")), "chunked" in self.query)
+        elif path == "/garbage":
+            assert self.transport is not None
+            self.transport.write(b"SPDY/9 what\r\n\x00\x01\r\n\r\n")
+        elif path == "/switch":
+            assert self.transport is not None
+            self.transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"
+            )
         elif path == "/close":
             self._send(200, [], b"closing " + name.encode() + b"\n", close=True)
         elif path == "/status":
@@ -349,6 +363,18 @@ class Connection(Protocol):
     def _slow_done(self) -> None:
         self.pending = None
         self._send(200, [("Content-Type", "text/plain")], b"slow " + self.server.name.encode())
+
+    def _truncate(self, n: int, send: int, chunked: bool) -> None:
+        assert self.transport is not None
+        body = pattern(send)
+        if chunked:
+            head = self._start(200, [], False) + b"Transfer-Encoding: chunked\r\n\r\n"
+            self.transport.write(head + b"%x\r\n%s" % (n, body))
+        else:
+            head = self._start(200, [], False) + b"Content-Length: %d\r\n\r\n" % n
+            self.transport.write(head + body)
+        self.state = DEAD
+        self.transport.loseConnection()
 
     def _drip(self, chunks: int, ms: int) -> None:
         assert self.transport is not None

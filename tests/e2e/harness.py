@@ -37,7 +37,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
@@ -402,6 +402,8 @@ class PoolSpec:
     backends: list[Backend]
     name: str = "app"
     options: dict[str, object] = field(default_factory=dict)
+    # Extra keys for each [[pool.backend]] (weight, enabled), by position in ``backends``.
+    backend_options: list[dict[str, object]] = field(default_factory=list)
 
 
 def dlba_config(
@@ -429,9 +431,12 @@ def dlba_config(
     number = 0
     for pool in pools:
         lines += toml_table("[[pool]]", {"name": pool.name, **pool.options})
-        for backend in pool.backends:
+        for i, backend in enumerate(pool.backends):
             number += 1
-            lines += toml_table("[[pool.backend]]", {"number": number, "address": backend.address})
+            extra = pool.backend_options[i] if i < len(pool.backend_options) else {}
+            lines += toml_table(
+                "[[pool.backend]]", {"number": number, "address": backend.address, **extra}
+            )
     return "\n".join(lines)
 
 
@@ -643,6 +648,7 @@ class RawClient(Protocol):
         self.received = bytearray()  # amortised appends: answers may be megabytes
         self.unparsed = bytearray()  # what next_response has not used yet
         self.closed = False
+        self.clean_close = False
         self.waiters = Waiters()
 
     def connectionMade(self) -> None:
@@ -655,6 +661,9 @@ class RawClient(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closed = True
+        # A clean close (FIN) or not (RST, TLS without close_notify): how a client tells a
+        # close-delimited answer that ended from one that broke.
+        self.clean_close = reason is not None and reason.check(ConnectionDone) is not None
         self.waiters.poke(final="the connection closed")
 
     @property
