@@ -10,7 +10,7 @@ it, so the port is known before this process starts and no port can be stolen), 
 ``{"event": "ready", "port": N}``; it prints ``{"event": "idle-close", ...}`` when it
 closes an idle connection (``--idle-close``), ``{"event": "request", "target": T}``
 for each request head it reads (but ``/_stats``), and ``{"event": "closed", ...}`` when
-a connection ends.
+a connection ends (but those of ``/_stats``).
 
 Every answer carries ``X-Backend: NAME``.  Paths:
 
@@ -134,6 +134,7 @@ class Connection(Protocol):
         self.idle_call: IDelayedCall | None = None
         self.pending: IDelayedCall | None = None
         self.close_after = False
+        self.stats_only = False  # its first request was /_stats: not counted
 
     # -- life --------------------------------------------------------------------------
 
@@ -144,7 +145,8 @@ class Connection(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.server.open -= 1
-        event("closed", served=self.served)
+        if not self.stats_only:
+            event("closed", served=self.served)
         self.state = DEAD
         for call in (self.idle_call, self.pending):
             if call is not None and call.active():
@@ -212,6 +214,7 @@ class Connection(Protocol):
         stats = self.url.path == "/_stats"
         if stats and self.served == 0:
             self.server.stats_connections += 1
+            self.stats_only = True
         if not stats:
             self.server.requests += 1
             self.server.targets.append(self.target)

@@ -214,3 +214,53 @@ class ConnectionLimitTests(E2ETestCase):
         for c in clients:
             c.send(request("/still"))
             self.assertEqual((await c.next_response()).status, 200)
+
+
+class AbandonedRequestTests(E2ETestCase):
+    """A request that ends badly on the client's side must not leave its back-end
+    connection in the pool half-used: the next request would be read as its body."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        super().setUp()
+        self.b1 = self.backend("b1")
+        self.node = await self.start([self.b1])
+        # A pooled connection to the back end, so the next head is sent on it at once.
+        response, _ = await self.exchange(self.node.http, request("/warm"))
+        self.assertEqual(response.status, 200)
+
+    async def assertServesOn(self, completed: int) -> None:
+        for i in range(3):
+            response, _ = await self.exchange(self.node.http, request(f"/next{i}"))
+            self.assertEqual(response.status, 200, response)
+            self.assertEqual(response.body, b"backend b1\n")
+        stats = await self.b1.stats()
+        self.assertEqual(stats["completed"], completed + 3, stats)
+
+    async def test_bad_chunk_after_good_ones(self) -> None:
+        client = await self.connect(self.node.http)
+        client.send(
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        await self.b1.wait_event("request", 2)  # the head is at the back end
+        client.send(b"zz\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        response = await client.response()
+        self.assertEqual(response.status, 400)
+        await client.when_closed(3)
+        await self.assertServesOn(completed=1)
+        self.assertNotIn("/smuggled", (await self.b1.stats())["targets"])
+
+    async def test_client_gone_mid_upload(self) -> None:
+        client = await self.connect(self.node.http)
+        client.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        await self.b1.wait_event("request", 2)
+        await client.close()
+        await self.b1.wait_event("closed", 1)  # dlba cut the back end's connection
+        await self.assertServesOn(completed=1)
+
+    async def test_client_gone_while_waiting(self) -> None:
+        client = await self.connect(self.node.http)
+        client.send(request("/slow?ms=3000"))
+        await self.b1.wait_event("request", 2)
+        await client.close()
+        await self.b1.wait_event("closed", 1)
+        await self.assertServesOn(completed=2)
