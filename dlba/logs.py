@@ -8,5 +8,5 @@ from twisted.logger import ILogObserver, jsonFileLogObserver
 
 
 def json_observer() -> ILogObserver:
-    """One JSON object a line on standard output, for log shippers."""
-    return jsonFileLogObserver(sys.stdout)
+    """One JSON object a line on standard output (no RS byte before each), for log shippers."""
+    return jsonFileLogObserver(sys.stdout, recordSeparator="")

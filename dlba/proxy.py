@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import httptools
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from dlba.accesslog import AccessLog
 from dlba.config import LimitsSection
@@ -215,6 +216,8 @@ class Exchange:
                 self.conn.write(b"0\r\n\r\n")
             elif not self.finished:
                 self.body.append(b"0\r\n\r\n")
+        if self.conn is not None:
+            self.conn.request_sent()
 
     # -- the back end's side --------------------------------------------------------------
 
@@ -417,7 +420,7 @@ class Exchange:
 
     def tunnel_closed_by_backend(self) -> None:
         self.finished = True
-        self.front.transport.loseConnection()
+        self.front.close()
 
     def tunnel_idle(self) -> None:
         self.front.abort()
@@ -431,14 +434,14 @@ class Exchange:
         self.status = status
         close = status != 503 or not self.keep_alive or not self.request_done
         self.close_after = self.close_after or close
-        self.front.transport.write(
-            error_response(
-                status,
-                close=self.close_after,
-                retry_after=retry_after,
-                head_only=self.method == b"HEAD",
-            )
+        answer = error_response(
+            status,
+            close=self.close_after,
+            retry_after=retry_after,
+            head_only=self.method == b"HEAD",
         )
+        self.front.transport.write(answer)
+        self.sent_bytes = len(answer) - answer.index(b"\r\n\r\n") - 4
         if self.conn is not None:
             conn = self.conn
             self._let_go(conn)
@@ -474,6 +477,7 @@ class Exchange:
             conn.abort()
 
 
+@implementer(IHalfCloseableProtocol)
 class FrontProtocol(Protocol):
     """One client connection."""
 
@@ -547,14 +551,31 @@ class FrontProtocol(Protocol):
             tunnel.close()
         core.connection_closed(self)
 
+    def readConnectionLost(self) -> None:
+        """The client sent FIN after its requests (``shutdown(SHUT_WR)``): answer, then close."""
+        self.broken = True  # nothing more will be read
+        if self._in_head or self.reading is not None:
+            self.abort()  # the FIN cut a request short: there is nothing whole to answer
+            return
+        if self.queue:
+            self.queue[-1].close_after = True  # the earlier ones are answered first, in order
+        elif self.tunnel is None:
+            self.close()
+
+    def writeConnectionLost(self) -> None:
+        self.abort()
+
     def abort(self) -> None:
         self.broken = True
         if not self.gone:
             self.transport.abortConnection()
 
     def close(self) -> None:
+        """Close once what is written has gone out."""
         self.broken = True
         if not self.gone:
+            # A TLS transport will not shut down while a producer is registered.
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def pause_reading(self, why: int) -> None:
@@ -684,9 +705,11 @@ class FrontProtocol(Protocol):
         self._write_error_and_close(status)
 
     def _write_error_and_close(self, status: int) -> None:
-        self.transport.write(error_response(status, close=True))
-        self.core.log_access(self.client_ip, b"-", status, 0, None, None)
-        self.transport.loseConnection()
+        answer = error_response(status, close=True)
+        self.transport.write(answer)
+        body = len(answer) - answer.index(b"\r\n\r\n") - 4
+        self.core.log_access(self.client_ip, b"-", status, body, None, None)
+        self.close()
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -803,9 +826,8 @@ class FrontProtocol(Protocol):
         xff = client if self._xff is None else self._xff + b", " + client
         proto = b"https" if self.secure else b"http"
         fwd_for = b'"[%s]"' % client if b":" in client else client
-        out = [b"%s %s HTTP/1.1\r\n" % (method, target)]
-        if host is not None:
-            out.append(b"Host: %s\r\n" % host)
+        # HTTP/1.1 to the back end requires Host, even if an HTTP/1.0 client sent none.
+        out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host or b"")]
         out += [b"%s: %s\r\n" % h for h in headers]
         cookies: list[tuple[bytes, bytes]] = []
         if self._cookie_headers:
@@ -884,8 +906,7 @@ class FrontProtocol(Protocol):
         if self.gone:
             return
         if ex.close_after or (core.draining and not self.queue):
-            self.broken = True
-            self.transport.loseConnection()
+            self.close()
             return
         if self.queue:
             self.queue[0].start()

@@ -148,9 +148,10 @@ class NodeService(MultiService):
 
     log = Logger(namespace="dlba.node")
 
-    def __init__(self, config: Config, json_log: ILogObserver | None = None) -> None:
+    def __init__(self, config: Config, reactor: Any, json_log: ILogObserver | None = None) -> None:
         super().__init__()
         self.config = config
+        self.reactor = reactor
         self._json_log = json_log
 
     def setServiceParent(self, parent: IServiceCollection) -> None:  # type: ignore[override]
@@ -164,13 +165,19 @@ class NodeService(MultiService):
         for svc in self._listeners():
             waiting = getattr(svc, "_waitingForPort", None)
             if waiting is not None:
-                waiting.addCallback(self._announce, svc.name)
+                waiting.addCallback(self._announce_when_running, svc.name)
 
     def _listeners(self) -> list[Any]:
         found = []
         for svc in self:
             found += list(svc) if isinstance(svc, MultiService) else [svc]
         return found
+
+    def _announce_when_running(self, port: Any, name: str) -> Any:
+        # twistd binds before reactor.run(); signal handlers exist only once it runs, and a
+        # supervisor may send SIGTERM as soon as it reads "listening".
+        self.reactor.callWhenRunning(self._announce, port, name)
+        return port
 
     def _announce(self, port: Any, name: str) -> Any:
         address = port.getHost()
@@ -196,7 +203,7 @@ def make_node_service(
     from dlba.tls import wrap_tls
 
     clock: IReactorTime = reactor  # type: ignore[assignment]
-    node = NodeService(config, json_log)
+    node = NodeService(config, reactor, json_log)
     table = build_status_table(config)
     access_log = AccessLog(config.log.access_log) if config.log.access_log else None
     ip = config.node_ip()

@@ -152,13 +152,20 @@ class BackendConnection(Protocol):
         self.requests += 1
         self.sent_at = now
         self.idle_expires = NEVER
-        self.deadline = now + self.pool.response_timeout
+        # The back end's time to answer starts once the request is whole; while the client
+        # is still sending, body_timeout at the front is the clock that runs.
+        self.deadline = now + self.pool.response_timeout if exchange.request_done else NEVER
         self.transport.write(head)
         if exchange.front.client_full:
             self.pause()
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
+
+    def request_sent(self) -> None:
+        """The whole request is on its way: the back end's time to answer starts."""
+        if not self.answered:
+            self.deadline = self.pool.clock.seconds() + self.pool.response_timeout
 
     def pause(self) -> None:
         if not self.paused:
@@ -188,6 +195,8 @@ class BackendConnection(Protocol):
             ex.tunnel_from_backend(data)
             return
         self.answered = True
+        # A streaming answer may take long in all; what times out is silence.
+        self.deadline = self.pool.clock.seconds() + self.pool.response_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.internet.task import LoopingCall
 
-from tests.e2e.harness import TLS_CLOSE, E2ETestCase, RawClient, reactor, request, todo
+from tests.e2e.harness import E2ETestCase, RawClient, reactor, request
 
 LIMITS: dict[str, object] = {
     "max_header_bytes": 2048,
@@ -180,20 +180,16 @@ class BadInputTests(E2ETestCase):
 
     # -- over TLS -----------------------------------------------------------------------------
 
-    @todo(TLS_CLOSE)
     async def test_tls_content_length_and_transfer_encoding(self) -> None:
         data = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
         data += b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
         await self.refused(data, 400, tls=True)
 
-    @todo(TLS_CLOSE)
     async def test_tls_obs_fold(self) -> None:
         await self.refused(GOOD + b"X-Folded: a\r\n\tb\r\n\r\n", 400, tls=True)
 
-    @todo(TLS_CLOSE)
     async def test_tls_without_host(self) -> None:
         await self.refused(b"GET / HTTP/1.1\r\n\r\n", 400, tls=True)
 
-    @todo(TLS_CLOSE)
     async def test_tls_head_over_max_header_bytes(self) -> None:
         await self.refused(GOOD + b"X-Big: " + b"a" * 3000 + b"\r\n\r\n", 431, tls=True)

@@ -7,7 +7,7 @@ import hashlib
 import os
 
 from tests.e2e.backend import WS_GUID
-from tests.e2e.harness import TLS_CLOSE, E2ETestCase, RawClient, request, todo
+from tests.e2e.harness import E2ETestCase, RawClient, request
 
 
 def handshake(key: bytes, path: str = "/ws") -> bytes:
@@ -138,12 +138,10 @@ class ClosingTests(E2ETestCase):
         client = await self.closes(False, request("/", headers=[("Connection", "close")]))
         self.assertEqual((await client.response()).header("connection"), "close")
 
-    @todo(TLS_CLOSE)
     async def test_connection_close_request_tls(self) -> None:
         self.node = await self.start([self.backend("b1")])
         await self.closes(True, request("/", headers=[("Connection", "close")]))
 
-    @todo(TLS_CLOSE)
     async def test_http10_close_delimited_tls(self) -> None:
         """Over TLS an HTTP/1.0 client learns the end of a chunked answer by the close."""
         self.node = await self.start([self.backend("b1")])
@@ -161,6 +159,5 @@ class ClosingTests(E2ETestCase):
     async def test_idle_client_closed_after_idle_timeout(self) -> None:
         await self.idle_closed(tls=False)
 
-    @todo(TLS_CLOSE)
     async def test_idle_client_closed_after_idle_timeout_tls(self) -> None:
         await self.idle_closed(tls=True)

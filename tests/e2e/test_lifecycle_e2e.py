@@ -11,14 +11,11 @@ from typing import Any
 from twisted.internet.error import ConnectionRefusedError
 
 from tests.e2e.harness import (
-    JSON_LINES,
-    OWN_ANSWER_BYTES,
     Dlba,
     E2ETestCase,
     ProcessResult,
     connect,
     request,
-    todo,
 )
 
 # host ident authuser [date] "request" status bytes "referer" "user-agent"
@@ -151,7 +148,6 @@ class AccessLogTests(StopTestCase):
         self.assertEqual(lines[0]["status"], "200")
         self.assertNotIn('"', lines[0]["agent"])
 
-    @todo(OWN_ANSWER_BYTES)
     async def test_own_answers_logged_with_their_size(self) -> None:
         """Answers dlba makes itself are logged with the size of the body it sent."""
         lines = await self.run_and_stop(
@@ -163,7 +159,6 @@ class AccessLogTests(StopTestCase):
 
 
 class JSONLogTests(E2ETestCase):
-    @todo(JSON_LINES)
     async def test_every_stdout_line_is_one_json_object(self) -> None:
         """[log] JSON lines, as a log shipper reads them: one object per line, nothing else."""
         node = await self.start([self.backend("b1")])

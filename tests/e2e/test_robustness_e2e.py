@@ -15,7 +15,6 @@ from tests.e2e.harness import (
     PoolSpec,
     parse_responses,
     request,
-    todo,
 )
 
 HOST_ADDED = (
@@ -51,7 +50,6 @@ class RequestFormTests(E2ETestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual((await self.b1.stats())["targets"], ["*"])
 
-    @todo(HOST_ADDED)
     async def test_http10_without_host_reaches_the_back_end_with_a_host(self) -> None:
         response, _ = await self.exchange(self.node.http, b"GET /echo HTTP/1.0\r\n\r\n")
         answer = response.json()
@@ -85,7 +83,6 @@ class RequestFormTests(E2ETestCase):
         self.assertEqual([a.status for a in answers], [204, 304, 200])
         self.assertEqual(answers[2].body, b"backend b1\n")
 
-    @todo(HALF_CLOSE)
     async def test_half_closed_client_is_answered(self) -> None:
         client = await self.connect(self.node.http)
         client.send(request("/half"))

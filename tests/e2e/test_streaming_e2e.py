@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from tests.e2e.backend import pattern
-from tests.e2e.harness import RESPONSE_TIMEOUT, E2ETestCase, reactor, request, todo
+from tests.e2e.harness import E2ETestCase, reactor, request
 
 MiB = 1024 * 1024
 
@@ -159,7 +159,6 @@ class StreamingTests(E2ETestCase):
             self.assertEqual(response.body, pattern(10))
             self.assertEqual(response.header("connection"), "keep-alive")
 
-    @todo(RESPONSE_TIMEOUT)
     async def test_slow_upload_is_not_a_backend_timeout(self) -> None:
         """backend_response_timeout is the back end's time to answer: a client that takes
         longer than that to send its body (each gap well within body_timeout) is no 504."""
@@ -173,7 +172,6 @@ class StreamingTests(E2ETestCase):
         self.assertEqual(response.status, 200, response)
         self.assertEqual(response.json()["length"], 5)
 
-    @todo(RESPONSE_TIMEOUT)
     async def test_dripping_answer_is_not_cut(self) -> None:
         """An answer that started in time and keeps coming (a chunk every 0.3 s, 1.8 s in
         all) is not cut at backend_response_timeout (1 s)."""
