@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
 from dlba.errors import ConfigError
+from dlba.hashing import is_prime, next_prime
 
 
 @dataclass(frozen=True)
@@ -439,39 +440,6 @@ _MAC: Final = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}
 _LABEL: Final = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME: Final = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 _UNESCAPED_COLON: Final = re.compile(r"(?<!\\):")
-_SMALL_PRIMES: Final = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-
-
-def _is_prime(n: int) -> bool:
-    # Deterministic Miller-Rabin for every 64-bit n: trial division up to sqrt(n) would let
-    # a typo of a few extra digits hang startup.
-    if n < 2:
-        return False
-    for p in _SMALL_PRIMES:
-        if n % p == 0:
-            return n == p
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d //= 2
-        s += 1
-    for a in _SMALL_PRIMES:
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def _next_prime(n: int) -> int:
-    n = max(n, 3)
-    while not _is_prime(n):
-        n += 1
-    return n
 
 
 def _host_port(text: str) -> tuple[str, int] | str:
@@ -1031,11 +999,11 @@ class _Checker:
         table_size = self.integer(
             d, w, "table_size", default.table_size, 3, "a prime number of buckets, e.g. 4093"
         )
-        if not _is_prime(table_size):
+        if not is_prime(table_size):
             self.fail(
                 (*w, "table_size"),
                 f"{table_size} is not a prime number",
-                f"use a prime, e.g. {_next_prime(table_size)}",
+                f"use a prime, e.g. {next_prime(max(table_size, 3))}",
             )
         nodes = tuple(
             self.array_node(item, ("array", "node", index))

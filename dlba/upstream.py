@@ -16,7 +16,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dlba.http.rules import comma_tokens
+from dlba.http.rules import HOP_BY_HOP, comma_tokens
 from dlba.tables import BackendState
 from dlba.tcp import no_delay
 from dlba.timeouts import NEVER, DeadlineSweeper
@@ -31,16 +31,8 @@ LENGTH = 1
 CHUNKED = 2
 UNTIL_CLOSE = 3
 
-_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"content-length",
-}
+# Hop-by-hop, and Content-Length: the proxy sets the framing of what it forwards itself.
+_HOP = HOP_BY_HOP | {b"content-length"}
 
 
 class _HeadOnly(Exception):
