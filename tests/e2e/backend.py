@@ -34,6 +34,12 @@ Every answer carries ``X-Backend: NAME``.  Paths:
 - ``/close``: answers with ``Connection: close`` and closes.
 - ``/status?code=N``: answers with status N (no body for 1xx, 204, 304).
 - ``/ws``: a WebSocket upgrade: 101, then every byte is echoed back.
+- ``/login``: sets ``JSESSIONID=<random>; Path=/; HttpOnly``; the body is
+  ``backend NAME session ID``.
+- ``/redirect?style=path|query``: 302 to ``/app;jsessionid=<random>`` (``path``) or
+  ``/app?sid=<random>`` (``query``); the id is in the body too.
+- ``/setcookie?h=V&h=V2...[&cc=V]``: one ``Set-Cookie: V`` header per ``h`` (values as
+  given, URL-decoded), and ``Cache-Control: V`` with ``cc``; the body is ``backend NAME``.
 - anything else: ``backend NAME`` as text.
 
 A request carrying ``Expect: 100-continue`` and a body gets ``100 Continue`` first.
@@ -50,6 +56,7 @@ import base64
 import hashlib
 import json
 import os
+import secrets
 import socket
 import sys
 from typing import Any
@@ -69,6 +76,7 @@ REASONS = {
     100: b"Continue",
     101: b"Switching Protocols",
     200: b"OK",
+    302: b"Found",
     204: b"No Content",
     304: b"Not Modified",
     400: b"Bad Request",
@@ -211,6 +219,7 @@ class Connection(Protocol):
             self.headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
         self.url = urlsplit(self.target)
         self.query = {k: v[-1] for k, v in parse_qs(self.url.query).items()}
+        self.query_all = parse_qs(self.url.query, keep_blank_values=True)
         stats = self.url.path == "/_stats"
         if stats and self.served == 0:
             self.server.stats_connections += 1
@@ -357,6 +366,28 @@ class Connection(Protocol):
             self._send(code, [], b"" if code in (204, 304) else b"status\n")
         elif path == "/ws":
             self._websocket()
+        elif path == "/login":
+            sid = secrets.token_hex(8)
+            self._send(
+                200,
+                [
+                    ("Content-Type", "text/plain"),
+                    ("Set-Cookie", f"JSESSIONID={sid}; Path=/; HttpOnly"),
+                ],
+                f"backend {name} session {sid}\n".encode(),
+            )
+        elif path == "/redirect":
+            sid = secrets.token_hex(8)
+            if self.query.get("style", "path") == "query":
+                location = f"/app?sid={sid}"
+            else:
+                location = f"/app;jsessionid={sid}"
+            self._send(302, [("Location", location)], f"{sid}\n".encode())
+        elif path == "/setcookie":
+            headers = [("Set-Cookie", v) for v in self.query_all.get("h", [])]
+            if "cc" in self.query:
+                headers.append(("Cache-Control", self.query["cc"]))
+            self._send(200, headers, f"backend {name}\n".encode())
         else:
             self._send(200, [("Content-Type", "text/plain")], f"backend {name}\n".encode())
 

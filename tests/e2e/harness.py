@@ -62,7 +62,7 @@ CLIENT_DEADLINE = 15.0  # curl, openssl and raw-socket answers
 CHILD_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
 
 # Port 0 for every listener: the real ports come from dlba's log.
-HTTP_ENDPOINT = HTTPS_ENDPOINT = "tcp:0:interface=127.0.0.1"
+HTTP_ENDPOINT = HTTPS_ENDPOINT = STATUS_ENDPOINT = "tcp:0:interface=127.0.0.1"
 
 # Which dlba runs: the installed package (``pip install .`` first, as CI does), or with
 # DLBA_E2E_TREE=1 this repository's working tree.
@@ -415,12 +415,17 @@ def dlba_config(
     access_log: str = "",
     http: bool = True,
     https: bool = True,
+    status: bool = False,
+    persistence: dict[str, object] | None = None,
+    rules: Sequence[dict[str, object]] = (),
 ) -> str:
     listen: dict[str, object] = {}
     if http:
         listen["http"] = HTTP_ENDPOINT
     if https:
         listen["https"] = HTTPS_ENDPOINT
+    if status:
+        listen["status"] = STATUS_ENDPOINT
     lines = toml_table("[node]", {"number": 1, "state_dir": state_dir})
     lines += toml_table("[listen]", listen)
     if https:
@@ -428,6 +433,8 @@ def dlba_config(
     if limits:
         lines += toml_table("[limits]", limits)
     lines += toml_table("[log]", {"access_log": access_log})
+    if persistence:
+        lines += toml_table("[persistence]", persistence)
     number = 0
     for pool in pools:
         lines += toml_table("[[pool]]", {"name": pool.name, **pool.options})
@@ -437,6 +444,8 @@ def dlba_config(
             lines += toml_table(
                 "[[pool.backend]]", {"number": number, "address": backend.address, **extra}
             )
+    for rule in rules:
+        lines += toml_table("[[rule]]", rule)
     return "\n".join(lines)
 
 
@@ -817,8 +826,14 @@ class E2ETestCase(TestCase):
         certificates: Sequence[str] | None = None,
         access_log: str = "",
         https: bool = True,
+        status: bool = False,
+        persistence: dict[str, object] | None = None,
+        rules: Sequence[dict[str, object]] = (),
     ) -> Dlba:
-        """Write a config, start dlba, wait until it and the back ends serve."""
+        """Write a config, start dlba, wait until it and the back ends serve.
+
+        ``status``: the status daemon listens too; ``persistence``: the [persistence]
+        table; ``rules``: [[rule]] tables, in order."""
         if pools is None:
             pools = [PoolSpec(list(backends or []), options=dict(pool or {}))]
         if https and certificates is None:
@@ -830,12 +845,15 @@ class E2ETestCase(TestCase):
             limits=limits,
             access_log=access_log,
             https=https,
+            status=status,
+            persistence=persistence,
+            rules=rules,
         )
         self.config_path = self.write("dlba.toml", text)
         dlba = Dlba(self.config_path)
         self.dlba = dlba
         self.addCleanup(self._stop_dlba, dlba)
-        await dlba.started(["http", "https"] if https else ["http"])
+        await dlba.started(["http"] + (["https"] if https else []) + (["status"] if status else []))
         for p in pools:
             for b in p.backends:
                 await b.ready()
