@@ -11,49 +11,62 @@ Pure: no reactor, no sockets; time is passed in as ``now`` (seconds, any epoch).
 The controller
 --------------
 
-It measures in *windows*: a window closes at the first ``tick`` at which it has lasted at
-least ``min_window`` seconds and holds at least ``min_samples`` answers (``baseline_samples``
-for a baseline probe). A window with too few answers after ``max_window`` seconds (an idle
-back end) is dropped and the limit held. After a change of limit the next window opens one
-mean response time later, so requests admitted under the old limit have mostly left.
+It measures in *windows*: a window closes at the first ``tick`` at which it has lasted
+``min_window`` seconds and holds ``min_samples`` answers (``baseline_samples`` for a
+baseline probe); one still short of answers after ``max_window`` seconds (an idle back end)
+is dropped and the limit held. After the limit falls, the next window opens once the
+requests over the new limit have finished (paragraph [0040]: a slot is taken back only when
+it falls idle), and after any change only about one p90 later, so that the quick answers of
+the new limit do not stand for all of them; answers to requests sent before the change
+count towards the goodput but not the p90.
 
 Goodput (completions/s, errors excluded) is sought by *paired probing*: between windows at
 the base limit B it runs one window at B·(1+step) ("up") and one at B·(1-step) ("down"),
-accumulating completions and time per arm. When an arm beats the base arm by at least
-``min_gain`` with a z-score of at least ``confidence`` (Poisson counts), B moves there;
-successive moves the same way double the step (so a far-too-high start comes down in a few
-moves), a reversal halves it. When ``max_cycles`` rounds of probes find no significant
-difference B is at the top of the curve: the controller holds there, probing again after
-2, 4, ... ``max_hold`` windows (so the dither costs little once settled), or at once when
-the goodput at B moves by more than a quarter (the back end changed). Up probes run only
-when the base window used all its slots (``inflight`` reached the limit); while the limit is
-above the concurrency in use, down probes start from the concurrency in use, so a start at
-256 in front of 32 clients probes 16, not 128. Comparing arms measured in alternating
-windows, rather than the present window with the past, keeps a slow drift or a sudden
-slowdown of the back end (which lowers every arm alike) from reading as the effect of the
-limit.
+accumulating completions and seconds per arm. An arm that beats the base arm by ``min_gain``
+with a z-score of ``confidence`` (Poisson counts) wins, and B moves there once a base window
+has followed the probe (so a back end that changes during a probe does not read as a win).
+The first step is ``step`` (half the limit), successive moves one way double it, a reversal
+halves it: a start at 256 comes down in a few moves. When both probes lose, a closer pair is
+tried (half the step); when they lose at ``min_step``, or are known to be within ``tie`` of
+the base, or ``max_cycles`` rounds decide nothing, B is the top of the curve: the controller
+holds it, probing again after 2, 4, ... ``max_hold`` base windows, so the dither costs
+little once settled (at B = 8 it probes 7 and 9: the limit swings by 1/8). Once settled, only
+a third move in a row lengthens the step. A base window whose goodput is 30% and 4 sigma off
+the base arm's means the back end changed: the arms are dropped and probing resumes at once,
+a quarter away, first up if the goodput rose. Up probes run only when the base window used
+all its slots (``inflight`` reached the limit); while the limit is above the concurrency in
+use, down probes start from the concurrency in use, so a start at 256 in front of 32
+clients probes 16, not 128, and a lightly loaded back end keeps its limit. Comparing arms
+measured in alternating windows, rather than the present with the past, keeps a drift of
+the back end, which moves every arm alike, from reading as the effect of the limit.
 
-``target = "throughput"`` is that alone. ``target = "latency"`` adds the band (default 1.5
-to 2 times the baseline p90): any window whose p90 exceeds ``band[1]``·baseline narrows
-the limit at once, multiplying it by ``band[1] / ratio`` (at most halving it); above
-``band[0]``·baseline the limit may not widen; below it, it widens only where goodput grows.
-Why that band: at the knee of a back end that degrades under concurrency the response time
-is about twice its unloaded value (Kleinrock's power X/R peaks where R doubles for a single
-queue; for a contention curve X(c) = c / (1 + k·c·(c-1)) the peak c = 1/√k has R = 1.9 R₀),
-so p90 ≤ 2 x baseline keeps the back end at or below its knee, and 1.5 x leaves room for
-noise. Why goodput must also grow before widening: on a back end whose service time only
-starts to grow at the knee, every step past it costs goodput while the p90 is still well
-inside any band, so a band alone would settle past the knee.
+``target = "throughput"`` is that alone. ``target = "latency"`` adds the band, by default
+1.5 to 2 times the baseline p90: a window whose p90 is over ``band[1]``·baseline (by more
+than the p90's own uncertainty, about 1/sqrt(answers)) narrows the limit at once, to
+``band[1] / ratio`` of the concurrency in use (at most halving it, at least by one); an up
+probe over it loses; while the base is above ``band[0]``·baseline the limit does not widen,
+and below it, it widens only where goodput grows. Why that band: at the knee of a back end
+that degrades under concurrency the response time is about twice its unloaded value
+(Kleinrock's power X/R of a single queue peaks where R is twice the service time; for the
+contention curve X(c) = c / (1 + k·c·(c-1)) the best c = 1/sqrt(k) has R = (2 - 1/c)·R0), so
+p90 <= 2 x baseline keeps a back end at or below its knee, and widening stops at 1.5 x,
+which leaves room for noise. Why goodput must also grow before the limit widens: on a back
+end whose service time starts to grow only at the knee, every step past it costs goodput
+while the p90 is still inside any band, so a band alone would settle past the knee (at
+T(c) = t0·(c/knee)², p90 = 1.5 x baseline is reached at 1.22·knee, with 18% less goodput).
 
-The baseline is the p90 measured at low concurrency. With none yet (a latency target), the
-controller runs one probe window at a quarter of the concurrency in use. Later windows keep
-it fresh: any window at concurrency ≤ 2 (for instance after the band narrowed the limit to
-1 because the back end became slow at every concurrency) measures it afresh, up or down;
-any window with a lower p90 pulls it halfway down; and if for ``baseline_ttl`` seconds no
-window came within ``band[0]`` of it, it moves halfway up to the lowest p90 of that
-period, so a back end whose normal response time grew for good is re-baselined. A dropped
-request (``on_dropped``: timeout or error at the back end) counts as an answer of infinite
-response time in the p90, and not at all in the goodput.
+The baseline is the p90 at low concurrency. With none yet (a latency target), one probe
+window runs at an eighth of the concurrency in use; the window before it is then judged
+against what it measured. Afterwards: a window at concurrency <= 2 measures it afresh (and
+if it finds it higher by more than ``band[0]``, the back end is slow at any concurrency, so
+the narrowing that led there is undone: the limit goes back to where it was); a window whose
+p90 is lower by two sigmas pulls it a quarter of the way down; when a window's p90 falls
+under baseline / ``band[0]`` (the back end recovered from a slow spell) a fresh probe is run,
+at most once per ``baseline_ttl``; and when no window came within ``band[0]`` of it for
+``baseline_ttl`` seconds it moves halfway up to the lowest p90 seen meanwhile, so a back end
+whose normal response time grew for good is re-baselined. A dropped request
+(``on_dropped``: a timeout or error at the back end) counts as an answer of infinite time in
+the p90 and not at all in the goodput.
 """
 
 from __future__ import annotations
@@ -460,6 +473,7 @@ class FeedbackController:
         self._confirmed = 0.0  # when a window last came within band[0] of the baseline
         self._aging_min = math.inf
         self._probed: float | None = None  # when the last baseline probe began
+        self._before_probe: tuple[int, float, float] | None = None  # level, p90, noise
         self.changes = 0
 
     # reporting
@@ -577,7 +591,10 @@ class FeedbackController:
             self._draining = now if limit < self._limit else None
         self._limit = limit
         self._phase = phase
-        delay = min(self.options.settle_cap, self._mean_rtt) if (settle and changed) else 0.0
+        # requests sent under the new limit: the quick ones return first, so wait about
+        # a p90 before their times are an unbiased sample
+        recent = self._mean_rtt if self._p90 is None or math.isinf(self._p90) else self._p90
+        delay = min(self.options.settle_cap, recent) if (settle and changed) else 0.0
         self._wstart = now + delay
         self._n_ok = self._n_drop = self._max_inflight = 0
         self._rtts = []
@@ -608,12 +625,20 @@ class FeedbackController:
             self._move(now, self._clamp(restore), +1, keep_step=True)
             return
         if phase == "baseline":
+            before, self._before_probe = self._before_probe, None
+            if before is not None and self._baseline:
+                # the window before the probe, judged against the baseline just measured
+                lvl, p90_then, noise_then = before
+                if p90_then > opts.band[1] * noise_then * self._baseline:
+                    self._narrow(now, lvl, p90_then / noise_then / self._baseline)
+                    return
             self._open(now, "base", self._base, settle=True)
             return
         ratio = self._ratio(p90)
         if self.target == "latency" and phase == "base" and self._wants_probe(now, ratio):
             self._base_level = level
             self._probed = now
+            self._before_probe = (level, p90, noise)
             self._open(now, "baseline", max(1, level // 8), settle=True)
             return
         over = ratio is not None and ratio > opts.band[1] * noise
@@ -630,11 +655,15 @@ class FeedbackController:
             self._base_level = level
             self._base_binding = binding
             self._base_ratio = ratio
-            if self._changed(n_ok, duration):
-                # the back end changed under us: what the arms hold is stale
+            change = self._changed(n_ok, duration)
+            if change:
+                # the back end changed under us: what the arms hold is stale. Faster at
+                # the same limit, it may take more; slower, it may need fewer: look there
                 self._reset_arms()
                 self._hold = 0
                 self._settled = False
+                self._step = max(self._step, 0.25)
+                self._next_probe = "up" if change > 0 else "down"
         self._add(phase, limit, n_ok, duration, None if ratio is None else ratio / noise)
         if self._decide(now):
             return
@@ -676,8 +705,9 @@ class FeedbackController:
         elif authoritative:
             jumped = p90 > low * noise * old
             self._baseline = p90 if jumped else old + 0.5 * (p90 - old)
-        elif p90 * noise < old:
-            self._baseline = old + 0.5 * (p90 - old)
+        elif p90 * (2 * noise - 1) < old:
+            # clearly (two sigmas) lower: a quarter of the way, or noise drags it down
+            self._baseline = old + 0.25 * (p90 - old)
         baseline = self._baseline
         assert baseline is not None
         if authoritative or old is None or p90 <= low * baseline:
@@ -789,6 +819,12 @@ class FeedbackController:
             name in beaten or (name in self._arms and self._tied(self._arms[name], base))
             for name in probes
         )
+        if lost and self._step > self.options.min_step:
+            # both sides worse at this distance: the top may lie nearer, look closer
+            self._step = max(self.options.min_step, self._step / 2)
+            self._arms = {"base": base}
+            self._cycles = 0.0
+            return False
         if lost or flat or self._cycles >= self.options.max_cycles:
             self._step = max(self.options.min_step, self._step / 2)
             self._last_move = 0
@@ -801,15 +837,18 @@ class FeedbackController:
             return True
         return False
 
-    def _changed(self, n: int, seconds: float) -> bool:
-        """A base window's goodput is far (30%, 4 sigma) from the base arm's."""
+    def _changed(self, n: int, seconds: float) -> int:
+        """+1 (-1) if a base window's goodput is far (30%, 4 sigma) above (below) the base
+        arm's, else 0."""
         base = self._arms.get("base")
         if base is None or base.seconds <= 0 or seconds <= 0:
-            return False
+            return 0
         rate = n / seconds
         spread = math.sqrt(n / (seconds * seconds) + base.variance)
-        diff = abs(rate - base.rate)
-        return diff > 0.3 * base.rate and diff > 4 * spread
+        diff = rate - base.rate
+        if abs(diff) > 0.3 * base.rate and abs(diff) > 4 * spread:
+            return 1 if diff > 0 else -1
+        return 0
 
     def _probe_levels(self) -> dict[str, int]:
         levels: dict[str, int] = {}
