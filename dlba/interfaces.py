@@ -33,6 +33,15 @@ class IBackendPolicy(Interface):
     ) -> BackendState | None:
         """One of ``backends`` fit to take ``request`` now and not in ``exclude``, or None."""
 
+    def bound(  # type: ignore[misc]
+        request: RequestView,
+        backends: Sequence[BackendState],
+        now: float,
+        exclude: set[int] | None,
+    ) -> BackendState | None:
+        """The back end ``request`` belongs to (its session, its URL's cache), if it may
+        take it now; None when the request is free to go anywhere."""
+
     def answered(  # type: ignore[misc]
         request: RequestView,
         backend: BackendState,

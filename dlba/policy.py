@@ -48,6 +48,16 @@ def sticky_target(
 class _NoAnswers:
     looks_at_answers = False
 
+    def bound(
+        self,
+        request: RequestView,
+        backends: Sequence[BackendState],
+        now: float,
+        exclude: set[int] | None,
+    ) -> BackendState | None:
+        """No request is bound to a back end under this policy."""
+        return None
+
     def answered(
         self,
         request: RequestView,
@@ -134,6 +144,15 @@ class CookiePolicy:
         # Raw: we only ever write plain digits, so a quoted value is not ours.
         return backend_number(cookie_value(request.cookies, self.cookie, raw=True))
 
+    def bound(
+        self,
+        request: RequestView,
+        backends: Sequence[BackendState],
+        now: float,
+        exclude: set[int] | None,
+    ) -> BackendState | None:
+        return sticky_target(self.requested(request), backends, now, exclude)
+
     def choose(
         self,
         request: RequestView,
@@ -141,7 +160,7 @@ class CookiePolicy:
         now: float,
         exclude: set[int] | None,
     ) -> BackendState | None:
-        stuck = sticky_target(self.requested(request), backends, now, exclude)
+        stuck = self.bound(request, backends, now, exclude)
         if stuck is not None:
             return stuck
         return self.base.choose(request, backends, now, exclude)
@@ -216,7 +235,7 @@ class SessionPolicy:
             return url_session_id(request.target, self.session_params)
         return None
 
-    def choose(
+    def bound(
         self,
         request: RequestView,
         backends: Sequence[BackendState],
@@ -224,10 +243,20 @@ class SessionPolicy:
         exclude: set[int] | None,
     ) -> BackendState | None:
         sid = self.session_id(request)
-        if sid is not None:
-            stuck = sticky_target(self.table.lookup(sid, now), backends, now, exclude)
-            if stuck is not None:
-                return stuck
+        if sid is None:
+            return None
+        return sticky_target(self.table.lookup(sid, now), backends, now, exclude)
+
+    def choose(
+        self,
+        request: RequestView,
+        backends: Sequence[BackendState],
+        now: float,
+        exclude: set[int] | None,
+    ) -> BackendState | None:
+        stuck = self.bound(request, backends, now, exclude)
+        if stuck is not None:
+            return stuck
         return self.base.choose(request, backends, now, exclude)
 
     def answered(
@@ -249,9 +278,10 @@ class SessionPolicy:
                 learned = url_session_id(value, self.session_params)
             if learned:
                 self.table.learn(learned, backend.number, now)
-        # A request whose session this back end now holds keeps going there.
+        # A request whose session this back end now holds (new to us, or moved here
+        # because its back end died or was disabled) keeps going there.
         sid = self.session_id(request)
-        if sid is not None and not self.table.known(sid, now):
+        if sid is not None and self.table.peek(sid, now) != backend.number:
             self.table.learn(sid, backend.number, now)
         return []
 
@@ -309,6 +339,9 @@ class UrlHashPolicy(_NoAnswers):
         h = stable_hash64(url_key(request.target, self.with_query))
         number = table.get_hash(h, _Unfit(self._by_number, now, exclude))
         return None if number is None else self._by_number[number]
+
+    # Every URL is bound to its cache: a full one is waited for, not spilled over.
+    bound = choose
 
 
 PolicyFactory = Callable[[], IBackendPolicy]

@@ -33,7 +33,8 @@ from dlba.http.rules import (
     split_target,
     valid_host,
 )
-from dlba.routing import Router
+from dlba.loading import FeedbackController
+from dlba.routing import Pool, Router
 from dlba.tables import BackendState, BackendStatusTable
 from dlba.tcp import no_delay
 from dlba.timeouts import NEVER, DeadlineSweeper
@@ -54,6 +55,9 @@ BODY_CHUNKED = 2
 BODY_BUFFER_LIMIT = 65536
 
 VIA = b"Via: 1.1 dlba\r\n"
+
+# How often the feedback controllers are asked for new limits (seconds).
+CONTROL_INTERVAL = 0.5
 
 _SPECIAL_REQUEST_HEADERS = frozenset(
     {
@@ -123,9 +127,11 @@ class Exchange:
         "response_started",
         "retried",
         "sent_bytes",
+        "slot",
         "started",
         "status",
         "target",
+        "ticket",
         "tried",
         "tunnel_buf",
         "upgrade",
@@ -174,6 +180,8 @@ class Exchange:
         self.user_agent: bytes | None = None
         self.tunnel_buf: list[bytes] | None = None
         self.pending = b""  # the answer's head, held to go out with the first body bytes
+        self.slot: BackendState | None = None  # the back end whose concurrency slot we hold
+        self.ticket: Any = None  # our place in the pool's wait queue
         # What rules and policies read (RequestView).
         self.target = b""
         self.host: bytes | None = None
@@ -183,18 +191,49 @@ class Exchange:
     # -- the request side ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Schedule this request: pick a back end and ask its pool for a connection."""
+        """Schedule this request: a back end with a free slot now, or a place in the queue."""
         core = self.front.core
         now = core.clock.seconds()
         if self.pool is None:
             self.pool = core.router.route(self)
-        backend = self.pool.choose(self, now, self.tried)
+        pool = self.pool
+        backend, bound = pool.pick(self, now, self.tried)
         if backend is None:
             self.respond_error(503, retry_after=core.status.retry_after(now))
-            return
+        elif backend.has_room():
+            self.go(backend)
+        elif len(pool.queue) >= pool.queue_limit:
+            core.refused_full += 1
+            self.respond_error(503, retry_after=1)
+        else:
+            sticky = backend.number if bound else None
+            self.ticket = pool.queue.push(self, sticky, now + pool.queue_timeout, now)
+            if sticky is not None:
+                backend.queued += 1
+            core.queued(pool)
+
+    def go(self, backend: BackendState) -> None:
+        """Take a slot at ``backend`` and ask its pool for a connection."""
+        self.ticket = None
         self.backend = backend
+        self.slot = backend
+        backend.open_connections += 1
         self.wants_upstream = True
-        core.upstream(backend, self.pool.keepalive).acquire(self)
+        self.front.core.upstream(backend, self.pool.keepalive).acquire(self)
+
+    def release(self) -> None:
+        """Give back our slot or our place in the queue (idempotent)."""
+        if self.ticket is not None:
+            ticket, self.ticket = self.ticket, None
+            if self.pool.queue.cancel(ticket) and ticket.sticky is not None:
+                bound = self.front.core.status.get(ticket.sticky)
+                if bound is not None:
+                    bound.queued -= 1
+        slot = self.slot
+        if slot is not None:
+            self.slot = None
+            slot.open_connections -= 1
+            self.front.core.slot_freed(slot)
 
     def request_body(self, data: bytes) -> None:
         if self.body_kind == BODY_CHUNKED:
@@ -228,8 +267,6 @@ class Exchange:
             conn.pool.release(conn)
             return
         self.conn = conn
-        assert self.backend is not None
-        self.backend.open_connections += 1
         end = b"\r\n" if self.pool.keepalive or self.upgrade else b"Connection: close\r\n\r\n"
         conn.send(self, self.head_out + end, front.core.clock.seconds())
         if self.body:
@@ -251,6 +288,7 @@ class Exchange:
             error=error,
             backoff=core.limits.backend_failure_backoff,
         )
+        self.release()
         if self.finished or self.front.gone:
             return
         if self.tried is None:
@@ -259,11 +297,9 @@ class Exchange:
         self.start()
 
     def _let_go(self, conn: BackendConnection) -> None:
-        """Stop counting this request at its back end."""
+        """This connection carries the request no more (the slot is released at the end)."""
         if self.conn is conn:
             self.conn = None
-            assert self.backend is not None
-            self.backend.open_connections -= 1
 
     def upstream_informational(self, code: int, headers: list[tuple[bytes, bytes]]) -> None:
         # HTTP/1.0 clients do not know 1xx (RFC 9110 §15.2).
@@ -355,8 +391,13 @@ class Exchange:
             self.pending += b"0\r\n\r\n"
         self.flush()
         core = self.front.core
-        assert self.backend is not None
-        self.backend.record_response(core.clock.seconds() - conn.sent_at)
+        backend = self.backend
+        assert backend is not None
+        now = core.clock.seconds()
+        backend.record_response(now - conn.sent_at)
+        controller = core.controllers.get(backend.number)
+        if controller is not None:
+            controller.on_complete(now - conn.sent_at, now, backend.open_connections)
         self._let_go(conn)
         if not self.request_done:
             conn.reusable = False
@@ -397,6 +438,7 @@ class Exchange:
     def upstream_timeout(self, conn: BackendConnection) -> None:
         assert self.backend is not None
         self.backend.note_error("no answer within backend_response_timeout")
+        self.front.core.dropped(self.backend)
         self._let_go(conn)
         conn.abort()
         if self.response_started:
@@ -407,6 +449,7 @@ class Exchange:
     def upstream_bad_answer(self, conn: BackendConnection, why: str) -> None:
         assert self.backend is not None
         self.backend.note_error(why)
+        self.front.core.dropped(self.backend)
         self._let_go(conn)
         if self.response_started:
             self.fail_midway(why)
@@ -458,6 +501,7 @@ class Exchange:
         )
         self.finished = True
         self.close_after = True
+        self.release()
         self.front.abort()
 
     def finish(self) -> None:
@@ -465,6 +509,7 @@ class Exchange:
             return
         self.finished = True
         self.wants_upstream = False
+        self.release()
         self.front.exchange_done(self)
 
     def abandon(self) -> None:
@@ -475,6 +520,7 @@ class Exchange:
         if conn is not None:
             self._let_go(conn)
             conn.abort()
+        self.release()
 
 
 @implementer(IHalfCloseableProtocol)
@@ -922,6 +968,7 @@ class FrontProtocol(Protocol):
     def start_tunnel(self, ex: Exchange, conn: BackendConnection) -> None:
         """After 101: bytes go both ways untouched until either side closes."""
         ex._let_go(conn)
+        ex.release()  # a tunnel is no request in flight: it holds no slot
         self.queue.clear()
         self.tunnel = conn
         conn.tunnel = True
@@ -961,6 +1008,11 @@ class ProxyCore:
         self.upstreams: dict[tuple[int, bool], BackendPool] = {}
         self.draining = False
         self.rejected = 0
+        self.refused_full = 0  # requests refused because their pool's queue was full
+        self.refused_connections = 0
+        self.controllers: dict[int, FeedbackController] = {}
+        self._queue_watches = {id(p): _QueueWatch(self, p) for p in router.pools}
+        self._control_call: Any = None
         self._all_closed: list[Any] = []
         self._keepalive_any = any(p.keepalive for p in router.pools)
 
@@ -1006,11 +1058,72 @@ class ProxyCore:
                 self.clock.seconds(), client, request_line, status, sent, referer, user_agent
             )
 
+    # -- controlled loading ---------------------------------------------------------------
+
+    def slot_freed(self, backend: BackendState) -> None:
+        """Hand free slots at ``backend`` to the oldest requests that may use them."""
+        now = self.clock.seconds()
+        number = backend.number
+
+        def usable(bound: int | None) -> bool:
+            return bound == number if bound is not None else backend.accepts_new(now)
+
+        for pool in self.router.pools_with(number):
+            while backend.has_room() and len(pool.queue):
+                ex = pool.queue.pop_any(usable)
+                if ex is None:
+                    break
+                ticket, ex.ticket = ex.ticket, None
+                if ticket is not None and ticket.sticky is not None:
+                    backend.queued -= 1
+                ex.go(backend)
+
+    def queued(self, pool: Pool) -> None:
+        """A request joined ``pool``'s queue: keep its deadline watched."""
+        watch = self._queue_watches[id(pool)]
+        watch.deadline = pool.queue.next_deadline()
+        self.sweeper.watch(watch)
+
+    def accepting(self) -> bool:
+        """Whether new client connections are welcome (no pool's queue stays too long)."""
+        return all(p.admission.accept_connections(len(p.queue)) for p in self.router.pools)
+
+    def dropped(self, backend: BackendState) -> None:
+        """A request failed at the back end: a bad sample for its controller."""
+        controller = self.controllers.get(backend.number)
+        if controller is not None:
+            controller.on_dropped(self.clock.seconds(), backend.open_connections)
+
+    def control(self, number: int, controller: FeedbackController) -> None:
+        self.controllers[number] = controller
+
+    def _steer(self) -> None:
+        """Apply the feedback controllers' limits."""
+        now = self.clock.seconds()
+        for number, controller in self.controllers.items():
+            backend = self.status.get(number)
+            if backend is None:
+                continue
+            old = backend.limit
+            backend.limit = controller.tick(now)
+            backend.metric = controller.metric or 0.0
+            if backend.limit > old:
+                self.slot_freed(backend)
+            elif backend.limit < old:
+                for key, pool in self.upstreams.items():
+                    if key[0] == number:
+                        pool.trim(backend.limit)
+        self._control_call = self.clock.callLater(CONTROL_INTERVAL, self._steer)
+
     def start(self) -> None:
         self.sweeper.start()
+        if self.controllers:
+            self._control_call = self.clock.callLater(CONTROL_INTERVAL, self._steer)
 
     def stop(self) -> None:
         self.sweeper.stop()
+        if self._control_call is not None and self._control_call.active():
+            self._control_call.cancel()
         for pool in self.upstreams.values():
             pool.close_idle()
         if self.access_log is not None:
@@ -1047,6 +1160,28 @@ class ProxyCore:
             pool.abort_all()
 
 
+class _QueueWatch:
+    """Puts a pool's oldest queue deadline on the sweeper: expired requests get 503."""
+
+    def __init__(self, core: ProxyCore, pool: Pool) -> None:
+        self.core = core
+        self.pool = pool
+        self.deadline = NEVER
+
+    def deadline_passed(self, now: float) -> None:
+        queue = self.pool.queue
+        for ex in queue.expire(now):
+            ticket, ex.ticket = ex.ticket, None
+            if ticket is not None and ticket.sticky is not None:
+                bound = self.core.status.get(ticket.sticky)
+                if bound is not None:
+                    bound.queued -= 1
+            ex.respond_error(503, retry_after=1)
+        self.deadline = queue.next_deadline()
+        if not len(queue):
+            self.core.sweeper.unwatch(self)
+
+
 class ProxyFactory(Factory):
     """One per listener; ``secure`` says whether it sits behind TLS."""
 
@@ -1058,8 +1193,13 @@ class ProxyFactory(Factory):
         self.max_connections = max_connections
 
     def buildProtocol(self, addr: Any) -> FrontProtocol | None:  # type: ignore[override]
-        if len(self.core.connections) >= self.max_connections or self.core.draining:
+        core = self.core
+        if len(core.connections) >= self.max_connections or core.draining:
             return None  # refused cheaply: the connection is closed at once
+        if not core.accepting():
+            # The queue is long: serve the clients already admitted first ([0037]).
+            core.refused_connections += 1
+            return None
         return FrontProtocol(self.core, self.secure)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from dlba.http.cookies import cookie_value
 from dlba.interfaces import IBackendPolicy, RequestView
+from dlba.loading import Admission, WaitQueue
 from dlba.tables import BackendState
 
 
@@ -19,17 +21,42 @@ class Pool:
         policy: IBackendPolicy,
         *,
         keepalive: bool = True,
+        queue_limit: int = 1024,
+        queue_timeout: float = 5.0,
     ) -> None:
         self.name = name
         self.backends = list(backends)
         self.policy = policy
         self.keepalive = keepalive
         self.looks_at_answers: bool = policy.looks_at_answers
+        # Requests waiting for a slot (controlled loading), oldest first.
+        self.queue: WaitQueue[Any] = WaitQueue()
+        self.queue_limit = queue_limit
+        self.queue_timeout = queue_timeout
+        self.admission = Admission(queue_limit)
 
     def choose(
         self, request: RequestView, now: float, exclude: set[int] | None
     ) -> BackendState | None:
         return self.policy.choose(request, self.backends, now, exclude)
+
+    def pick(
+        self, request: RequestView, now: float, exclude: set[int] | None
+    ) -> tuple[BackendState | None, bool]:
+        """(back end, bound): the back end the request is bound to (its session, its URL),
+        else a free one, preferring one with a free slot.  A full back end returned means
+        "wait for a slot there" when bound, "wait for any slot" when not."""
+        policy = self.policy
+        backend = policy.bound(request, self.backends, now, exclude)
+        if backend is not None:
+            return backend, True
+        fresh: IBackendPolicy = getattr(policy, "base", policy)
+        backend = fresh.choose(request, self.backends, now, exclude)
+        if backend is None or backend.has_room():
+            return backend, False
+        full = {b.number for b in self.backends if not b.has_room()}
+        roomy = fresh.choose(request, self.backends, now, full | (exclude or set()))
+        return (roomy if roomy is not None else backend), False
 
 
 def _host_only(host: bytes) -> bytes:
@@ -105,6 +132,9 @@ class Router:
             if rule.matches(request):
                 return rule.pool
         return self.default
+
+    def pools_with(self, number: int) -> list[Pool]:
+        return [p for p in self.pools if any(b.number == number for b in p.backends)]
 
     def pool_named(self, name: str) -> Pool:
         for pool in self.pools:

@@ -14,6 +14,7 @@ from twisted.logger import ILogObserver, Logger
 from dlba.accesslog import AccessLog
 from dlba.config import Config, PersistenceSection, PoolConfig
 from dlba.interfaces import IBackendPolicy
+from dlba.loading import FeedbackController, Target
 from dlba.policy import CookiePolicy, RoundRobin, SessionPolicy, UrlHashPolicy, make_policy
 from dlba.proxy import ProxyCore, ProxyFactory
 from dlba.routing import Pool, Router, Rule
@@ -63,6 +64,8 @@ def build_router(config: Config, table: BackendStatusTable) -> Router:
                 [r for r in rows if r is not None],
                 build_policy(pc, config.persistence),
                 keepalive=pc.backend_keepalive,
+                queue_limit=pc.queue_limit,
+                queue_timeout=pc.queue_timeout,
             )
         )
     by_name = {p.name: p for p in pools}
@@ -214,6 +217,12 @@ def make_node_service(
         core = ProxyCore(
             router, table, limits, reactor, clock, access_log, config.persistence.cookie
         )
+        for pc in config.pools:
+            if pc.adaptive:
+                for b in pc.backends:
+                    if b.number not in core.controllers:
+                        target: Target = "throughput" if pc.target == "throughput" else "latency"
+                        core.control(b.number, FeedbackController(pc.max_concurrent, target))
         proxy = ProxyService(core, limits.shutdown_grace, clock)
         proxy.setName("proxy")
         proxy.setServiceParent(node)

@@ -48,10 +48,13 @@ class SessionTable:
         self.hits += 1
         return backend
 
-    def known(self, session_id: bytes, now: float) -> bool:
-        """Whether the id is held and unexpired, without counting a hit or a miss."""
+    def peek(self, session_id: bytes, now: float) -> int | None:
+        """The back end of an unexpired session, without counting a hit or a miss."""
         entry = self._entries.get(session_id)
-        return entry is not None and entry[1] > now
+        return entry[0] if entry is not None and entry[1] > now else None
+
+    def known(self, session_id: bytes, now: float) -> bool:
+        return self.peek(session_id, now) is not None
 
     def forget(self, session_id: bytes) -> None:
         self._entries.pop(session_id, None)

@@ -29,6 +29,7 @@ class BackendState:
         "host",
         "last_error",
         "limit",
+        "metric",
         "number",
         "open_connections",
         "port",
@@ -66,8 +67,12 @@ class BackendState:
         self.hits = 0
         self.open_connections = 0  # requests in flight at this back end
         self.queued = 0
-        self.limit = limit
+        self.limit = limit  # requests in flight at most; 0: no limit
+        self.metric = 0.0  # what the feedback controller steers by (p90 s or completions/s)
         self.avg_response_time = 0.0
+
+    def has_room(self) -> bool:
+        return self.limit <= 0 or self.open_connections < self.limit
 
     def live(self, now: float) -> bool:
         return self.enabled and self.failed_until <= now
@@ -137,6 +142,7 @@ class BackendRow:
     open_connections: int
     queued: int
     limit: int
+    metric: float
     last_error: str
 
 
@@ -177,6 +183,7 @@ class BackendStatusTable:
                 open_connections=b.open_connections,
                 queued=b.queued,
                 limit=b.limit,
+                metric=b.metric,
                 last_error=b.last_error,
             )
             for b in self

@@ -392,7 +392,10 @@ class BackendPool:
             self.release(conn)
 
     def release(self, conn: BackendConnection) -> None:
-        if self.keepalive and conn.reusable and conn.connected_ and not conn.tunnel:
+        limit = self.backend.limit
+        if limit > 0 and len(self.idle) >= limit:
+            conn.close()  # never more connections kept than the back end may be sent at once
+        elif self.keepalive and conn.reusable and conn.connected_ and not conn.tunnel:
             conn.idle_expires = self.clock.seconds() + self.idle_timeout
             conn.deadline = conn.idle_expires
             self.idle.append(conn)
@@ -417,6 +420,11 @@ class BackendPool:
                     # Leave a second's margin so a request never meets the back end's close.
                     self.idle_timeout = min(self.idle_timeout, max(0.0, seconds - 1.0))
                 return
+
+    def trim(self, limit: int) -> None:
+        """The limit fell: close idle connections beyond it (busy ones finish first)."""
+        while len(self.idle) > max(limit, 0):
+            self.idle.pop(0).close()
 
     def close_idle(self) -> None:
         while self.idle:

@@ -21,14 +21,26 @@ class ProxyHarness:
         policy: str = "round-robin",
         keepalive: bool = True,
         secure: bool = False,
+        max_concurrent: int = 0,
+        queue_limit: int = 1024,
+        queue_timeout: float = 5.0,
         **limits: float,
     ) -> None:
         self.reactor = MemoryReactorClock()
         self.table = BackendStatusTable(
-            BackendState(i + 1, "127.0.0.1", 9000 + i + 1) for i in range(backends)
+            BackendState(i + 1, "127.0.0.1", 9000 + i + 1, limit=max_concurrent)
+            for i in range(backends)
         )
         self.limits = LimitsSection(**limits)  # type: ignore[arg-type]
-        pool = Pool("p", list(self.table), make_policy(policy), keepalive=keepalive)
+        pool = Pool(
+            "p",
+            list(self.table),
+            make_policy(policy),
+            keepalive=keepalive,
+            queue_limit=queue_limit,
+            queue_timeout=queue_timeout,
+        )
+        self.pool = pool
         self.core = ProxyCore(Router([pool]), self.table, self.limits, self.reactor, self.reactor)
         self.factory = ProxyFactory(self.core, secure, self.limits.max_client_connections)
         self.connects_seen = 0

@@ -658,3 +658,99 @@ class PersistenceTests(SynchronousTestCase):
         self.assertEqual(
             headers[b"set-cookie"], [b"SpServer=%d; Path=/; HttpOnly; Secure" % (port - 9000)]
         )
+
+
+class ControlledLoadingTests(SynchronousTestCase):
+    def test_limit_holds_and_freed_slot_goes_to_queue_head(self) -> None:
+        h = ProxyHarness(1, max_concurrent=2)
+        clients = [h.client() for _ in range(5)]
+        for i, (front, _) in enumerate(clients):
+            front.dataReceived(GET.replace(b"/a", b"/%d" % i))
+        self.assertEqual(len(h.pending_connects()), 2)
+        self.assertEqual(len(h.pool.queue), 3)
+        backend = h.table.get(1)
+        assert backend is not None
+        self.assertEqual(backend.open_connections, 2)
+        conn0, be0, _ = h.accept_backend()
+        h.accept_backend()
+        conn0.dataReceived(OK)  # frees a slot: request 2, the oldest waiting, goes out
+        self.assertIn(b"GET /2 ", be0.value())
+        self.assertEqual(h.pending_connects(), [])  # on the connection just freed
+        self.assertEqual(backend.open_connections, 2)
+        self.assertEqual(len(h.pool.queue), 2)
+        self.assertIn(b"200 OK", clients[0][1].value())
+
+    def test_queue_full_gets_503_at_once(self) -> None:
+        h = ProxyHarness(1, max_concurrent=1, queue_limit=1)
+        clients = [h.client() for _ in range(3)]
+        for front, _ in clients:
+            front.dataReceived(GET)
+        self.assertEqual(clients[0][1].value(), b"")
+        self.assertEqual(clients[1][1].value(), b"")
+        first, headers = head_of(clients[2][1].value())
+        self.assertEqual(first, b"HTTP/1.1 503 Service Unavailable")
+        self.assertEqual(headers[b"retry-after"], [b"1"])
+
+    def test_queue_timeout(self) -> None:
+        h = ProxyHarness(1, max_concurrent=1, queue_timeout=2.0)
+        (f1, _), (f2, c2) = h.client(), h.client()
+        f1.dataReceived(GET)
+        f2.dataReceived(GET)
+        h.reactor.advance(1.0)
+        h.core.sweeper.check()
+        self.assertEqual(c2.value(), b"")
+        h.reactor.advance(1.5)
+        h.core.sweeper.check()
+        self.assertTrue(c2.value().startswith(b"HTTP/1.1 503 "))
+        self.assertEqual(len(h.pool.queue), 0)
+
+    def test_client_gone_while_queued_leaves_queue(self) -> None:
+        h = ProxyHarness(1, max_concurrent=1)
+        (f1, _), (f2, _) = h.client(), h.client()
+        f1.dataReceived(GET)
+        f2.dataReceived(GET)
+        self.assertEqual(len(h.pool.queue), 1)
+        f2.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(h.pool.queue), 0)
+        conn, _, _ = h.accept_backend()
+        conn.dataReceived(OK)
+        self.assertEqual(h.table.get(1).open_connections, 0)  # type: ignore[union-attr]
+
+    def test_aborted_client_frees_its_slot(self) -> None:
+        h = ProxyHarness(1, max_concurrent=1)
+        (f1, _), (f2, _) = h.client(), h.client()
+        f1.dataReceived(GET)
+        f2.dataReceived(GET)
+        h.accept_backend()
+        f1.connectionLost(Failure(ConnectionDone()))  # in flight, then gone
+        self.assertEqual(len(h.pool.queue), 0)
+        self.assertEqual(len(h.pending_connects()), 1)  # the waiting request went out
+        self.assertEqual(h.table.get(1).open_connections, 1)  # type: ignore[union-attr]
+
+    def test_connections_refused_while_queue_stays_long(self) -> None:
+        from twisted.internet.address import IPv4Address
+
+        h = ProxyHarness(1, max_concurrent=1, queue_limit=4)
+        clients = [h.client() for _ in range(5)]
+        for front, _ in clients:
+            front.dataReceived(GET)
+        self.assertEqual(len(h.pool.queue), 4)
+        addr = IPv4Address("TCP", "127.0.0.1", 1)
+        self.assertIsNone(h.factory.buildProtocol(addr))
+        self.assertEqual(h.core.refused_connections, 1)
+        for front, _ in clients[1:]:
+            front.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(h.factory.buildProtocol(addr))  # recovered by itself
+
+    def test_idle_pool_never_larger_than_limit(self) -> None:
+        h = ProxyHarness(1, max_concurrent=2)
+        clients = [h.client() for _ in range(2)]
+        for front, _ in clients:
+            front.dataReceived(GET)
+        conns = [h.accept_backend() for _ in range(2)]
+        h.table.get(1).limit = 1  # type: ignore[union-attr]
+        for conn, _, _ in conns:
+            conn.dataReceived(OK)
+        upstream = h.core.upstream(h.table.get(1), True)  # type: ignore[arg-type]
+        self.assertEqual(len(upstream.idle), 1)
+        self.assertTrue(conns[1][1].disconnecting)
