@@ -19,7 +19,6 @@ from tests.e2e.harness import (
     connect,
     curl_responses,
     request,
-    todo,
 )
 
 PERSISTENCE: dict[str, object] = {
@@ -29,12 +28,6 @@ PERSISTENCE: dict[str, object] = {
     "session_table_size": 1000,
     "session_ttl": 600.0,
 }
-
-SESSION_FAILOVER = (
-    "dlba bug: session policy: when the back end holding a session dies, the table keeps "
-    "naming it, so every request of that session is scheduled afresh (round-robin over "
-    "the survivors) instead of the session moving to one new back end"
-)
 
 SPSERVER = re.compile(r"^SpServer=([^;]*)")
 
@@ -348,7 +341,6 @@ class SessionPersistenceTests(E2ETestCase):
         self.assertGreaterEqual(sessions["size"], 3, sessions)
         self.assertGreater(sessions["hit_rate"], 0.5, sessions)
 
-    @todo(SESSION_FAILOVER)
     async def test_session_moves_when_its_backend_dies(self) -> None:
         """The back end holding a session dies: the session's requests go to one other
         back end and stay there (as the cookie policy's fresh SpServer does), rather than
