@@ -15,9 +15,10 @@ a connection ends (but those of ``/_stats``).
 Every answer carries ``X-Backend: NAME``.  Paths:
 
 - ``/_stats``: JSON ``{"name", "connections", "requests", "completed", "open",
-  "targets"}``: ``requests`` counts heads received, ``completed`` requests whose body
-  arrived whole.  A connection whose first request is ``/_stats`` is not counted, nor
-  are those requests.
+  "inflight", "max_inflight", "targets"}``: ``requests`` counts heads received,
+  ``completed`` requests whose body arrived whole, ``inflight`` requests read and not yet
+  answered (nor their connection lost), ``max_inflight`` the most ever in flight at once.
+  A connection whose first request is ``/_stats`` is not counted, nor are those requests.
 - ``/echo``: JSON of what arrived: method, target, version, headers as ``[name, value]``
   pairs in order, the body's length and sha256, and whether ``Expect: 100-continue``
   was seen.
@@ -114,6 +115,8 @@ class Server(ServerFactory):
         self.stats_connections = 0
         self.requests = 0
         self.open = 0
+        self.inflight = 0  # requests read and not yet answered (nor their connection lost)
+        self.max_inflight = 0  # the most ever in flight at once
         self.targets: list[str] = []
 
     def buildProtocol(self, addr: Any) -> Connection:
@@ -126,6 +129,8 @@ class Server(ServerFactory):
             "requests": self.requests,
             "completed": self.completed,
             "open": self.open,
+            "inflight": self.inflight,
+            "max_inflight": self.max_inflight,
             "targets": self.targets,
         }
 
@@ -143,6 +148,7 @@ class Connection(Protocol):
         self.pending: IDelayedCall | None = None
         self.close_after = False
         self.stats_only = False  # its first request was /_stats: not counted
+        self.in_flight = False  # a request (but /_stats) read and not answered yet
 
     # -- life --------------------------------------------------------------------------
 
@@ -153,6 +159,7 @@ class Connection(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.server.open -= 1
+        self._answered()
         if not self.stats_only:
             event("closed", served=self.served)
         self.state = DEAD
@@ -235,6 +242,10 @@ class Connection(Protocol):
             assert self.transport is not None
             self.transport.loseConnection()
             return
+        if not stats:
+            self.in_flight = True
+            self.server.inflight += 1
+            self.server.max_inflight = max(self.server.max_inflight, self.server.inflight)
         self.hasher = hashlib.sha256()
         self.body_length = 0
         te = self.header("transfer-encoding")
@@ -478,7 +489,13 @@ class Connection(Protocol):
         self.transport.write(b"".join(out))
         self._done()
 
+    def _answered(self) -> None:
+        if self.in_flight:
+            self.in_flight = False
+            self.server.inflight -= 1
+
     def _done(self) -> None:
+        self._answered()
         assert self.transport is not None
         if self.close_after:
             self.state = DEAD
