@@ -129,10 +129,32 @@ class LoadingTests(E2ETestCase):
         self.assertGreaterEqual(waited, 0.45, "answered before the queue timeout")
         self.assertLess(waited, 1.4, "the queue timeout was not kept")
         self.assertEqual(first.data, b"", "the slow request was answered first")
+        self.assertFalse(second.closed, "a 503 for a full queue closed a keep-alive connection")
         slow = await first.next_response()
         self.assertEqual(slow.status, 200, slow)
+        second.send(request("/again"))  # the connection is still good
+        again = await second.next_response()
+        self.assertEqual(again.status, 200, again)
         stats = await b1.stats()
-        self.assertEqual(stats["targets"], ["/slow?ms=2000"], stats)
+        self.assertEqual(stats["targets"], ["/slow?ms=2000", "/again"], stats)
+
+    async def test_no_queue(self) -> None:
+        """queue_limit = 0: nothing waits; a request over the limit gets 503 at once."""
+        b1 = self.backend("b1")
+        dlba = await self.start([b1], pool={"max_concurrent": 1, "queue_limit": 0}, https=False)
+        first, second = await self.clients(dlba.http, 2)
+        first.send(request("/slow?ms=1000"))
+        await b1.wait_event("request")
+        second.send(request("/over"))
+        response = await second.next_response(seconds=0.8)
+        self.assertEqual(response.status, 503, response)
+        self.assertTrue(retry_after_ok(response), response)
+        self.assertEqual(first.data, b"")
+        self.assertEqual((await first.next_response()).status, 200)
+        # connections are still accepted (no queue: admission never refuses)
+        response, _ = await self.exchange(dlba.http, request("/after"))
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual((await b1.stats())["targets"], ["/slow?ms=1000", "/after"])
 
     async def test_client_gone_from_the_queue_frees_its_place(self) -> None:
         """max_concurrent = 1, queue_limit = 1: A in flight, B queued; B's client goes away
@@ -284,3 +306,36 @@ class LoadingTests(E2ETestCase):
             self.assertGreaterEqual(row["metric"], 0, row)
         total = sum([(await b.stats())["requests"] for b in (b1, b2)])
         self.assertEqual(total, 80)
+
+    async def test_sticky_queue_accounting(self) -> None:
+        """A sticky request that leaves the queue, by its deadline or its client going away,
+        is no longer counted as queued for its back end."""
+        b1, b2 = self.backend("b1"), self.backend("b2")
+        dlba = await self.start(
+            [b1, b2],
+            pool={"policy": "cookie", "max_concurrent": 1, "queue_timeout": 0.5},
+            https=False,
+            status=True,
+        )
+        slow, timed_out, leaving = await self.clients(dlba.http, 3)
+        cookie = [("Cookie", "SpServer=1")]
+        slow.send(request("/slow?ms=2500", headers=cookie))
+        await b1.wait_event("request")
+        timed_out.send(request("/t", headers=cookie))
+        leaving.send(request("/l", headers=cookie))
+        rows = await self.backend_rows(dlba)
+        self.assertEqual((rows[1]["queued"], rows[2]["queued"]), (2, 0), rows)
+        await leaving.close()
+        rows = await self.backend_rows(dlba)
+        self.assertEqual(rows[1]["queued"], 1, rows)
+        response = await timed_out.next_response(seconds=2)
+        self.assertEqual(response.status, 503, response)
+        self.assertTrue(retry_after_ok(response), response)
+        rows = await self.backend_rows(dlba)
+        self.assertEqual(rows[1]["queued"], 0, rows)
+        self.assertEqual(rows[1]["open_connections"], 1, rows)
+        self.assertEqual((await slow.next_response()).status, 200)
+        rows = await self.backend_rows(dlba)
+        self.assertEqual((rows[1]["queued"], rows[1]["open_connections"]), (0, 0), rows)
+        self.assertEqual((await b1.stats())["targets"], ["/slow?ms=2500"])
+        self.assertEqual((await b2.stats())["requests"], 0)
