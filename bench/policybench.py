@@ -73,6 +73,11 @@ CASES = [
         "session+learn", "session", "/sc/100", cookie=f"JSESSIONID={SESSION_ID}", learn_first=True
     ),
     Case("url-hash", "url-hash", "/u/", lua=True),
+    # Round-robin on each policy's own workload: the fair baselines (same headers, same
+    # paths, same wrk script), so a policy's cost is not confused with its workload's.
+    Case("rr/cookie-workload", "round-robin", "/100", cookie="SpServer=1; JSESSIONID=x"),
+    Case("rr/inject-workload", "round-robin", "/sc/100", cookie="SpServer=1; JSESSIONID=x"),
+    Case("rr/varied-paths", "round-robin", "/u/", lua=True),
 ]
 
 LUA = """
