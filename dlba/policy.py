@@ -120,8 +120,35 @@ class LeastLoad(_NoAnswers):
         )
 
 
+class _Persistent:
+    """A request bound to a back end goes there; any other is scheduled by ``base``."""
+
+    base: IBackendPolicy
+
+    def bound(
+        self,
+        request: RequestView,
+        backends: Sequence[BackendState],
+        now: float,
+        exclude: set[int] | None,
+    ) -> BackendState | None:
+        raise NotImplementedError
+
+    def choose(
+        self,
+        request: RequestView,
+        backends: Sequence[BackendState],
+        now: float,
+        exclude: set[int] | None,
+    ) -> BackendState | None:
+        stuck = self.bound(request, backends, now, exclude)
+        if stuck is not None:
+            return stuck
+        return self.base.choose(request, backends, now, exclude)
+
+
 @implementer(IBackendPolicy)
-class CookiePolicy:
+class CookiePolicy(_Persistent):
     """Persistence by an injected cookie that names the back end (no table is kept).
 
     A request carrying a valid cookie for a back end that may take it goes there; any
@@ -152,18 +179,6 @@ class CookiePolicy:
         exclude: set[int] | None,
     ) -> BackendState | None:
         return sticky_target(self.requested(request), backends, now, exclude)
-
-    def choose(
-        self,
-        request: RequestView,
-        backends: Sequence[BackendState],
-        now: float,
-        exclude: set[int] | None,
-    ) -> BackendState | None:
-        stuck = self.bound(request, backends, now, exclude)
-        if stuck is not None:
-            return stuck
-        return self.base.choose(request, backends, now, exclude)
 
     def answered(
         self,
@@ -203,7 +218,7 @@ class CookiePolicy:
 
 
 @implementer(IBackendPolicy)
-class SessionPolicy:
+class SessionPolicy(_Persistent):
     """Persistence by the application's own session id, learned from its answers.
 
     Ids come from the session cookies of ``Set-Cookie`` and from ``;jsessionid=``-style
@@ -246,18 +261,6 @@ class SessionPolicy:
         if sid is None:
             return None
         return sticky_target(self.table.lookup(sid, now), backends, now, exclude)
-
-    def choose(
-        self,
-        request: RequestView,
-        backends: Sequence[BackendState],
-        now: float,
-        exclude: set[int] | None,
-    ) -> BackendState | None:
-        stuck = self.bound(request, backends, now, exclude)
-        if stuck is not None:
-            return stuck
-        return self.base.choose(request, backends, now, exclude)
 
     def answered(
         self,
