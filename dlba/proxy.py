@@ -57,7 +57,7 @@ BODY_BUFFER_LIMIT = 65536
 VIA = b"Via: 1.1 dlba\r\n"
 
 # How often the feedback controllers are asked for new limits (seconds).
-CONTROL_INTERVAL = 0.5
+CONTROL_INTERVAL = 0.25
 
 _SPECIAL_REQUEST_HEADERS = frozenset(
     {
