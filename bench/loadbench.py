@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Controlled loading against a back end that thrashes: dlba's limits vs none vs HAProxy.
 
-    python3 bench/loadbench.py                       # 3 runs x 30 s per mode (~12 min)
+    python3 bench/loadbench.py                       # 3 runs x 60 s per mode (~20 min)
     python3 bench/loadbench.py --duration 10 --runs 1   # a quick look
     python3 bench/loadbench.py --md bench/LOADING.md
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -51,7 +52,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 from controller_sim import chart  # noqa: E402  (bench/ is not a package)
-from policybench import free_ports, revision, taskset, wait_port  # noqa: E402
+from policybench import (  # noqa: E402
+    free_ports,
+    install_missing,
+    revision,
+    taskset,
+    wait_port,
+)
 from proxybench import X, parse_wrk  # noqa: E402
 
 from tests.loadsim import SimResult  # noqa: E402
@@ -347,6 +354,22 @@ def limit_chart(run: Run, args: argparse.Namespace, title: str) -> str:
     return chart(fake, args.width, args.ceiling, title)
 
 
+def stability(run: Run, tail: float = 20.0) -> tuple[float, float, float, float]:
+    """When the limit settled (entered ±20 % of its final median for good), that median over
+    the last ``tail`` seconds, the largest swing from it there, and the share of those
+    samples within ±20 %."""
+    points = [(t, n) for t, _, n in run.samples if n is not None]
+    if not points:
+        return math.nan, math.nan, math.nan, math.nan
+    end = points[-1][0]
+    last = [n for t, n in points if t >= end - tail]
+    median = statistics.median(last)
+    swing = max(abs(n / median - 1) for n in last)
+    within = sum(1 for n in last if abs(n / median - 1) <= 0.2) / len(last)
+    fake = SimResult(duration=0.0, completions=0, errors=0, latencies=[], rtts=[], limits=points)
+    return fake.settling_time(0.2, tail), median, swing, within
+
+
 def report(curve: dict[int, float], best: int, runs: list[Run], args: argparse.Namespace) -> str:
     by_mode = {m.key: [r for r in runs if r.mode == m.key] for m in MODES if m.key in args.modes}
 
@@ -361,14 +384,25 @@ def report(curve: dict[int, float], best: int, runs: list[Run], args: argparse.N
         + ("; proxy on CPU 0, back end and wrk on CPU 1" if two else ""),
         "",
         f"Back end: `bench/contended_backend.py`, T(c) = {args.t0 * 1000:g} ms · "
-        f"max(1, c/{args.knee})² (exponential work), measured straight with wrk "
-        f"({args.sweep_duration:g} s per point):",
+        f"max(1, c/{args.knee})² (exponential work)"
+        + (
+            f", measured straight with wrk ({args.sweep_duration:g} s per point):"
+            if curve
+            else f"; best concurrency given: **{best}** (no sweep)."
+        ),
         "",
-        "| in flight | " + " | ".join(str(c) for c in curve) + " |",
-        "| --- |" + " ---: |" * len(curve),
-        "| completions/s | " + " | ".join(f"{v:.0f}" for v in curve.values()) + " |",
-        "",
-        f"Best concurrency measured: **{best}**. Offered: wrk -t1 -c{args.offer * best} "
+    ]
+    if curve:
+        lines += [
+            "| in flight | " + " | ".join(str(c) for c in curve) + " |",
+            "| --- |" + " ---: |" * len(curve),
+            "| completions/s | " + " | ".join(f"{v:.0f}" for v in curve.values()) + " |",
+            "",
+            f"Best concurrency measured: **{best}**.",
+            "",
+        ]
+    lines += [
+        f"Offered: wrk -t1 -c{args.offer * best} "
         f"(closed loop, keep-alive), {args.runs} runs {X} {args.duration:g} s per mode, "
         f"interleaved, a fresh proxy per run; medians. Adaptive starts at "
         f"max_concurrent = {args.ceiling}.",
@@ -405,9 +439,24 @@ def report(curve: dict[int, float], best: int, runs: list[Run], args: argparse.N
         lines.append(
             ratio_check(f"{name}: completions/s ÷ HAProxy best", med(key, "rps") / hap, 0.9, ">=")
         )
-    for key in ("dlba-latency", "dlba-throughput"):
-        if key not in by_mode:
-            continue
+    adaptive = [k for k in ("dlba-latency", "dlba-throughput") if k in by_mode]
+    if adaptive:
+        lines += [
+            "",
+            "| adaptive | settled after s | limit, last 20 s (median) | swing, last 20 s "
+            "| share of last 20 s within ±20 % | per run (settled s / limit / swing) |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+        ]
+    for key in adaptive:
+        stab = [stability(r) for r in by_mode[key]]
+        lines.append(
+            f"| {key} | {statistics.median(x[0] for x in stab):.1f} "
+            f"| {statistics.median(x[1] for x in stab):g} "
+            f"| ±{statistics.median(x[2] for x in stab):.0%} "
+            f"| {statistics.median(x[3] for x in stab):.0%} "
+            f"| {'; '.join(f'{a:.1f} / {b:g} / ±{c:.0%}' for a, b, c, _ in stab)} |"
+        )
+    for key in adaptive:
         runs_of = sorted(by_mode[key], key=lambda r: r.rps)
         middle = runs_of[len(runs_of) // 2]
         tail = [n for t, _, n in middle.samples if n is not None and t >= args.settle]
@@ -427,7 +476,7 @@ def report(curve: dict[int, float], best: int, runs: list[Run], args: argparse.N
 
 def main() -> int:
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    a.add_argument("--duration", type=float, default=30.0, help="seconds per run")
+    a.add_argument("--duration", type=float, default=60.0, help="seconds per run")
     a.add_argument("--runs", type=int, default=3)
     a.add_argument("--settle", type=float, default=10.0, help="s before 'after' figures")
     a.add_argument("--t0", type=float, default=0.02, help="back end: work per request, s")
@@ -447,10 +496,10 @@ def main() -> int:
     args.modes = args.modes.split(",")
     two = (os.cpu_count() or 1) >= 2
     args.proxy_cpu, args.client_cpu = ("0", "1") if two else (None, None)
-    for tool in (args.wrk, "haproxy"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is not installed (bash bench/run.sh installs it)", file=sys.stderr)
-            return 2
+    missing = install_missing({args.wrk: "wrk", "haproxy": "haproxy", "taskset": "util-linux"})
+    if missing:
+        print(f"not installed and could not install: {', '.join(missing)}", file=sys.stderr)
+        return 2
     modes = [m for m in MODES if m.key in args.modes]
 
     tmp = Path(tempfile.mkdtemp(prefix="dlba-loadbench-"))

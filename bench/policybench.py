@@ -180,6 +180,18 @@ backend_keepalive = true
 {backends}"""
 
 
+def install_missing(tools: dict[str, str]) -> list[str]:
+    """Install the Debian package of each missing tool (``{tool: package}``) when we can
+    (root, apt-get); return the tools still missing."""
+    missing = {tool: pkg for tool, pkg in tools.items() if shutil.which(tool) is None}
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing Debian packages: {' '.join(missing.values())}", file=sys.stderr)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing.values()], env=env, check=False)
+    return [tool for tool in tools if shutil.which(tool) is None]
+
+
 def taskset(cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu] if cpu is not None and shutil.which("taskset") else []
 
@@ -305,10 +317,10 @@ def main() -> int:
     args = a.parse_args()
     two = (os.cpu_count() or 1) >= 2
     args.proxy_cpu, args.client_cpu = ("0", "1") if two else (None, None)
-    for tool in ("nginx", args.wrk, "curl"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is not installed", file=sys.stderr)
-            return 2
+    missing = install_missing({"nginx": "nginx-light", args.wrk: "wrk", "curl": "curl"})
+    if missing:
+        print(f"not installed and could not install: {', '.join(missing)}", file=sys.stderr)
+        return 2
     wanted = args.cases.split(",")
     cases = [c for c in CASES if c.key in wanted]
 
