@@ -727,6 +727,9 @@ class FeedbackController:
             self._narrowed_from = min(self._base, level)
         factor = max(0.5, min(0.9, high / ratio))
         target = min(self._base, level - 1, math.floor(level * factor))
+        # the band has placed the limit near the top already: probe around it closely, a
+        # probe half a limit away costs a third of the goodput on a sharp knee
+        self._step = max(self.options.min_step, min(self._step, 0.25))
         self._move(now, self._clamp(max(1, target)), -1, keep_step=True)
 
     def _move(self, now: float, new_base: int, direction: int, keep_step: bool = False) -> None:
