@@ -3,7 +3,7 @@
 
     python3 bench/loadbench.py                       # 3 runs x 60 s per mode (~20 min)
     python3 bench/loadbench.py --duration 10 --runs 1   # a quick look
-    python3 bench/loadbench.py --md bench/LOADING.md
+    python3 bench/loadbench.py --md out.md --raw runs.jsonl   # report; every run's samples
 
 The back end is ``bench/contended_backend.py``: a real HTTP server (processor sharing in
 real time) whose completions/s climb to a peak at ``--knee`` requests in flight and fall as
@@ -491,6 +491,7 @@ def main() -> int:
     a.add_argument("--wrk", default="wrk")
     a.add_argument("--width", type=int, default=60, help="chart columns")
     a.add_argument("--md", help="also write the report (markdown) to this file")
+    a.add_argument("--raw", help="also write every run, samples included, as JSON lines here")
     args = a.parse_args()
     args.sweep = [int(c) for c in args.sweep.split(",")]
     args.modes = args.modes.split(",")
@@ -519,6 +520,10 @@ def main() -> int:
     finally:
         backend_proc.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.raw:
+        with open(args.raw, "w") as raw:
+            for run in runs:
+                raw.write(json.dumps(run.__dict__) + "\n")
     text = report(curve, best, runs, args)
     print(text)
     if args.md:
