@@ -43,7 +43,8 @@ the back end, which moves every arm alike, from reading as the effect of the lim
 ``target = "throughput"`` is that alone. ``target = "latency"`` adds the band, by default
 1.5 to 2 times the baseline p90: a window whose p90 is over ``band[1]``·baseline (by more
 than the p90's own uncertainty, about 1/sqrt(answers)) narrows the limit at once, to
-``band[1] / ratio`` of the concurrency in use (at most halving it, at least by one); an up
+``band[1] / ratio`` of the concurrency in use (at most halving it, at least by one) and
+probes from there at most a quarter away, the band having put it near the top; an up
 probe over it loses; while the base is above ``band[0]``·baseline the limit does not widen,
 and below it, it widens only where goodput grows. Why that band: at the knee of a back end
 that degrades under concurrency the response time is about twice its unloaded value
