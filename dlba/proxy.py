@@ -202,7 +202,7 @@ class Exchange:
             self.respond_error(503, retry_after=core.status.retry_after(now))
         elif backend.has_room():
             self.go(backend)
-        elif len(pool.queue) >= pool.queue_limit:
+        elif not pool.admission.admit_request(len(pool.queue)):
             core.refused_full += 1
             self.respond_error(503, retry_after=1)
         else:
@@ -1176,6 +1176,7 @@ class _QueueWatch:
                 bound = self.core.status.get(ticket.sticky)
                 if bound is not None:
                     bound.queued -= 1
+            self.pool.expired += 1
             ex.respond_error(503, retry_after=1)
         self.deadline = queue.next_deadline()
         if not len(queue):

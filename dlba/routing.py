@@ -34,6 +34,7 @@ class Pool:
         self.queue_limit = queue_limit
         self.queue_timeout = queue_timeout
         self.admission = Admission(queue_limit)
+        self.expired = 0  # requests answered 503 because their queue deadline passed
 
     def choose(
         self, request: RequestView, now: float, exclude: set[int] | None

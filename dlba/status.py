@@ -51,6 +51,22 @@ class StatusFactory(Factory):
         for row in self.backends.snapshot(now):
             lines.append({"table": "backend", **asdict(row)})
         for pool in self.pools:
+            admission = pool.admission
+            lines.append(
+                {
+                    "table": "pool",
+                    "name": pool.name,
+                    "queued": len(pool.queue),
+                    "oldest_wait": round(pool.queue.oldest_wait(now), 6),
+                    "queue_limit": pool.queue_limit,
+                    "queue_timeout": pool.queue_timeout,
+                    "refusing_connections": admission.refusing,
+                    "refused_requests": admission.refused_requests,
+                    "refused_connections": admission.refused_connections,
+                    "expired": pool.expired,
+                }
+            )
+        for pool in self.pools:
             sessions = getattr(pool.policy, "table", None)
             if isinstance(sessions, SessionTable):
                 lines.append(

@@ -11,6 +11,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from dlba.accesslog import AccessLog, escape
+from dlba.policy import RoundRobin
+from dlba.routing import Pool
 from dlba.status import StatusFactory
 from dlba.tables import BackendState, BackendStatusTable
 from dlba.timeouts import NEVER, DeadlineSweeper
@@ -82,3 +84,34 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(lines[1]["limit"], 8)
         self.assertEqual(lines[-1], {"table": "end"})
         self.assertTrue(t.disconnecting)
+
+    def test_pool_queue_line(self) -> None:
+        clock = Clock()
+        backend = BackendState(1, "127.0.0.1", 9001, limit=1)
+        pool = Pool("app", [backend], RoundRobin(), queue_limit=4, queue_timeout=2.0)
+        pool.queue.push("a", None, 2.0, now=0.0)
+        pool.queue.push("b", 1, 2.5, now=0.5)
+        pool.admission.admit_request(4)
+        pool.expired = 3
+        clock.advance(1.5)
+        factory = StatusFactory(1, BackendStatusTable([backend]), clock, [pool])
+        t = StringTransport()
+        proto = factory.buildProtocol(None)  # type: ignore[arg-type]
+        assert proto is not None
+        proto.makeConnection(t)
+        [row] = [r for r in map(json.loads, t.value().splitlines()) if r["table"] == "pool"]
+        self.assertEqual(
+            row,
+            {
+                "table": "pool",
+                "name": "app",
+                "queued": 2,
+                "oldest_wait": 1.5,
+                "queue_limit": 4,
+                "queue_timeout": 2.0,
+                "refusing_connections": False,
+                "refused_requests": 1,
+                "refused_connections": 0,
+                "expired": 3,
+            },
+        )

@@ -111,12 +111,17 @@ class LoadingTests(E2ETestCase):
         stats = await b1.stats()
         self.assertEqual(stats["requests"], 4, stats)
         self.assertEqual(stats["max_inflight"], 1, stats)
+        await self.barrier(dlba)
+        [pool] = [r for r in await self.status(dlba) if r["table"] == "pool"]
+        self.assertEqual((pool["queued"], pool["refused_requests"], pool["expired"]), (0, 6, 0))
 
     async def test_queue_timeout(self) -> None:
         """queue_timeout = 0.5: a request queued behind a 2 s one gets 503 and Retry-After
         after about half a second, well before the first is answered."""
         b1 = self.backend("b1")
-        dlba = await self.start([b1], pool={"max_concurrent": 1, "queue_timeout": 0.5}, https=False)
+        dlba = await self.start(
+            [b1], pool={"max_concurrent": 1, "queue_timeout": 0.5}, https=False, status=True
+        )
         first, second = await self.clients(dlba.http, 2)
         first.send(request("/slow?ms=2000"))
         await b1.wait_event("request")
@@ -137,6 +142,8 @@ class LoadingTests(E2ETestCase):
         self.assertEqual(again.status, 200, again)
         stats = await b1.stats()
         self.assertEqual(stats["targets"], ["/slow?ms=2000", "/again"], stats)
+        [pool] = [r for r in await self.status(dlba) if r["table"] == "pool"]
+        self.assertEqual((pool["queued"], pool["refused_requests"], pool["expired"]), (0, 0, 1))
 
     async def test_no_queue(self) -> None:
         """queue_limit = 0: nothing waits; a request over the limit gets 503 at once."""
