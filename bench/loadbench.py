@@ -56,6 +56,7 @@ from policybench import (  # noqa: E402
     free_ports,
     install_missing,
     revision,
+    stop_process,
     taskset,
     wait_port,
 )
@@ -136,13 +137,7 @@ class Process:
         return "\n".join(text[-lines:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_backend(tmp: Path, args: argparse.Namespace) -> tuple[Process, int]:

@@ -192,6 +192,17 @@ def install_missing(tools: dict[str, str]) -> list[str]:
     return [tool for tool in tools if shutil.which(tool) is None]
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM our child by PID, SIGKILL if it has not gone within 15 s; reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def taskset(cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu] if cpu is not None and shutil.which("taskset") else []
 
@@ -233,13 +244,7 @@ class Dlba:
         raise RuntimeError("dlba did not start:\n" + b"".join(lines[-20:]).decode(errors="replace"))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def wrk(case: Case, port: int, duration: float, args: argparse.Namespace, lua: Path) -> str:
