@@ -31,6 +31,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.internet import reactor as _reactor
@@ -754,6 +755,31 @@ class RawClient(Protocol):
         if not self.closed and self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
             await self.when_closed(STOP_DEADLINE)
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` has listening sockets on (from /proc: its socket
+    inodes against the LISTEN rows of /proc/net/tcp and tcp6). A refused connect proves
+    less: on a busy machine another process may bind the freed port at once."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 async def connect(port: int, *, tls: bool = False) -> RawClient:
