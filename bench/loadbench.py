@@ -310,7 +310,7 @@ def one_run(tmp: Path, mode: Mode, backend: int, best: int, args: argparse.Names
     finally:
         proxy.stop()
     late = [(t, n) for t, n, _ in samples if t >= args.settle]
-    settled = (late[-1][1] - late[0][1]) / (late[-1][0] - late[0][0]) if len(late) > 1 else 0.0
+    settled = (late[-1][1] - late[0][1]) / (late[-1][0] - late[0][0]) if len(late) > 1 else math.nan
     return Run(
         mode=mode.key,
         rps=res["rps"],
