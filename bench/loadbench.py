@@ -260,20 +260,7 @@ def wrk(port: int, conns: int, duration: float, args: argparse.Namespace) -> dic
     cmd = [*taskset(args.client_cpu), args.wrk, "-t1", f"-c{conns}", f"-d{duration:g}s"]
     cmd += ["--timeout", "60s", "--latency", f"http://127.0.0.1:{port}/work"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 90).stdout
-    res = parse_wrk(out)
-    res["p50_us"] = _quantile_line(out, "50%")
-    return res
-
-
-def _quantile_line(out: str, label: str) -> float:
-    units = {"us": 1.0, "ms": 1000.0, "s": 1e6, "m": 6e7}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == label:
-            for unit in sorted(units, key=len, reverse=True):
-                if parts[1].endswith(unit):
-                    return float(parts[1][: -len(unit)]) * units[unit]
-    return float("nan")
+    return parse_wrk(out)
 
 
 def quiet(backend: int, seconds: float = 10.0) -> None:

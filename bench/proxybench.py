@@ -127,7 +127,7 @@ _UNIT_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0, "m": 60_000_000.0}
 
 
 def parse_wrk(out: str) -> dict[str, float]:
-    """Requests, duration, req/s, p99 and error counts from `wrk --latency` output."""
+    """Requests, duration, req/s, p50, p99 and error counts from `wrk --latency` output."""
     m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m),", out)
     if not m:
         raise ValueError("no 'N requests in' line in wrk output")
@@ -137,8 +137,9 @@ def parse_wrk(out: str) -> dict[str, float]:
     }
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     res["rps"] = float(m.group(1)) if m else res["requests"] / res["duration_s"]
-    m = re.search(r"^\s*99(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
-    res["p99_us"] = float(m.group(1)) * _UNIT_US[m.group(2)] if m else float("nan")
+    for q in ("50", "99"):
+        m = re.search(rf"^\s*{q}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+        res[f"p{q}_us"] = float(m.group(1)) * _UNIT_US[m.group(2)] if m else float("nan")
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     res["errors"] = sum(int(x) for x in m.groups()) if m else 0
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

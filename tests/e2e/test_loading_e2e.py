@@ -59,6 +59,11 @@ class LoadingTests(E2ETestCase):
         await self.barrier(dlba)
         return {r["number"]: r for r in await self.status(dlba) if r.get("table") == "backend"}
 
+    async def pool_row(self, dlba: Dlba) -> dict[str, Any]:
+        """The one pool's row of the status tables."""
+        [row] = [r for r in await self.status(dlba) if r.get("table") == "pool"]
+        return row
+
     async def clients(self, port: int, n: int) -> list[RawClient]:
         return [await self.connect(port) for _ in range(n)]
 
@@ -112,7 +117,7 @@ class LoadingTests(E2ETestCase):
         self.assertEqual(stats["requests"], 4, stats)
         self.assertEqual(stats["max_inflight"], 1, stats)
         await self.barrier(dlba)
-        [pool] = [r for r in await self.status(dlba) if r["table"] == "pool"]
+        pool = await self.pool_row(dlba)
         self.assertEqual((pool["queued"], pool["refused_requests"], pool["expired"]), (0, 6, 0))
 
     async def test_queue_timeout(self) -> None:
@@ -142,7 +147,7 @@ class LoadingTests(E2ETestCase):
         self.assertEqual(again.status, 200, again)
         stats = await b1.stats()
         self.assertEqual(stats["targets"], ["/slow?ms=2000", "/again"], stats)
-        [pool] = [r for r in await self.status(dlba) if r["table"] == "pool"]
+        pool = await self.pool_row(dlba)
         self.assertEqual((pool["queued"], pool["refused_requests"], pool["expired"]), (0, 0, 1))
 
     async def test_no_queue(self) -> None:
