@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from dlba.config import Config, PersistenceSection, PoolConfig
 from dlba.http.cookies import cookie_value
 from dlba.interfaces import IBackendPolicy, RequestView
 from dlba.loading import Admission, WaitQueue
-from dlba.tables import BackendState
+from dlba.policy import CookiePolicy, RoundRobin, SessionPolicy, UrlHashPolicy, make_policy
+from dlba.sessions import SessionTable
+from dlba.tables import BackendState, BackendStatusTable
 
 
 class Pool:
@@ -31,6 +34,8 @@ class Pool:
         self.looks_at_answers: bool = policy.looks_at_answers
         # Requests waiting for a slot (controlled loading), oldest first.
         self.queue: WaitQueue[Any] = WaitQueue()
+        for backend in self.backends:
+            backend.count_waiting_in(self.queue)
         self.queue_limit = queue_limit
         self.queue_timeout = queue_timeout
         self.admission = Admission(queue_limit)
@@ -142,3 +147,53 @@ class Router:
             if pool.name == name:
                 return pool
         raise KeyError(name)
+
+
+# -- from the config ------------------------------------------------------------------------
+
+
+def backend_table(config: Config) -> BackendStatusTable:
+    """One row per back end of the config (a back end in several pools has one row)."""
+    table = BackendStatusTable()
+    for pool in config.pools:
+        for b in pool.backends:
+            table.add(
+                BackendState(b.number, b.host, b.port, b.weight, b.enabled, pool.max_concurrent)
+            )
+    return table
+
+
+def build_policy(pool: PoolConfig, persistence: PersistenceSection) -> IBackendPolicy:
+    """The policy a pool's config names; persistence falls back to weighted round-robin."""
+    if pool.policy == "cookie":
+        return CookiePolicy(RoundRobin(), persistence.cookie, persistence.session_cookies)
+    if pool.policy == "session":
+        table = SessionTable(persistence.session_table_size, persistence.session_ttl)
+        return SessionPolicy(
+            RoundRobin(), table, persistence.session_cookies, persistence.session_params
+        )
+    if pool.policy == "url-hash":
+        return UrlHashPolicy(with_query=pool.hash_query)
+    return make_policy(pool.policy)
+
+
+def build_router(config: Config, table: BackendStatusTable) -> Router:
+    """The pools and rules of ``config``, over the rows of ``table``."""
+    pools = []
+    for pc in config.pools:
+        rows = [table.get(b.number) for b in pc.backends]
+        pools.append(
+            Pool(
+                pc.name,
+                [r for r in rows if r is not None],
+                build_policy(pc, config.persistence),
+                keepalive=pc.backend_keepalive,
+                queue_limit=pc.queue_limit,
+                queue_timeout=pc.queue_timeout,
+            )
+        )
+    by_name = {p.name: p for p in pools}
+    rules = [
+        Rule(by_name[rc.pool], rc.host, rc.path_prefix, rc.header, rc.cookie) for rc in config.rules
+    ]
+    return Router(pools, rules)

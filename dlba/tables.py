@@ -8,6 +8,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class CountsWaiting(Protocol):
+    """A wait queue that can say how many of its requests are bound to a back end."""
+
+    def waiting_for(self, backend: int) -> int: ...
 
 
 class BackendState:
@@ -33,7 +40,7 @@ class BackendState:
         "number",
         "open_connections",
         "port",
-        "queued",
+        "queues",
         "weight",
     )
 
@@ -66,10 +73,20 @@ class BackendState:
         self.last_error = ""
         self.hits = 0
         self.open_connections = 0  # requests in flight at this back end
-        self.queued = 0
+        self.queues: list[CountsWaiting] = []  # the wait queues of the pools it is in
         self.limit = limit  # requests in flight at most; 0: no limit
         self.metric = 0.0  # what the feedback controller steers by (p90 s or completions/s)
         self.avg_response_time = 0.0
+
+    def count_waiting_in(self, queue: CountsWaiting) -> None:
+        """``queue`` may hold requests bound to this back end: count them in ``queued``."""
+        self.queues.append(queue)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot here in particular (bound by session or URL)."""
+        number = self.number
+        return sum(q.waiting_for(number) for q in self.queues)
 
     def has_room(self) -> bool:
         return self.limit <= 0 or self.open_connections < self.limit

@@ -84,7 +84,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from dlba.service import make_node_service
+    from dlba.node import make_node_service
 
     config = options.config
     extra: list[tuple[str, str, Any]] = []

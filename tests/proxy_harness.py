@@ -7,10 +7,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from dlba.config import LimitsSection
 from dlba.policy import make_policy
-from dlba.proxy import FrontProtocol, ProxyCore, ProxyFactory
+from dlba.proxy.core import ProxyCore
+from dlba.proxy.front import FrontProtocol, ProxyFactory
+from dlba.proxy.upstream import BackendConnection
 from dlba.routing import Pool, Router
 from dlba.tables import BackendState, BackendStatusTable
-from dlba.upstream import BackendConnection
 
 
 class ProxyHarness:

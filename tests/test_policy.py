@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -7,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from dlba.interfaces import IBackendPolicy
+from dlba.loading import WaitQueue
 from dlba.policy import (
     CookiePolicy,
     LeastLoad,
@@ -73,7 +75,11 @@ class LeastLoadTests(SynchronousTestCase):
         a.open_connections, b.open_connections, c.open_connections = 2, 3, 2
         a.avg_response_time, c.avg_response_time = 0.5, 0.1
         self.assertIs(LeastLoad().choose(R, [a, b, c], 0.0, None), b)  # 1.5 per weight
-        b.queued = 2
+        queue: WaitQueue[str] = WaitQueue()
+        b.count_waiting_in(queue)
+        queue.push("x", b.number, math.inf)
+        queue.push("y", b.number, math.inf)
+        self.assertEqual(b.queued, 2)
         self.assertIs(LeastLoad().choose(R, [a, b, c], 0.0, None), c)  # tie 2.0: faster wins
 
 

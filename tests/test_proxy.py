@@ -25,8 +25,7 @@ def head_of(data: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
 class ForwardingTests(SynchronousTestCase):
     def test_request_forwarded_with_proxy_headers(self) -> None:
         h = ProxyHarness(1)
-        _, client = h.client()
-        h_front = h.core.connections.copy().pop()
+        h_front, client = h.client()
         h_front.dataReceived(
             b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 10.1.1.1\r\n"
             b"X-Forwarded-Proto: https\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
@@ -160,7 +159,7 @@ class KeepAliveTests(SynchronousTestCase):
         front.dataReceived(GET)
         conn, _, _ = h.accept_backend()
         conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nKeep-Alive: timeout=3\r\n\r\n")
-        self.assertEqual(conn.pool.idle_timeout, 2.0)
+        self.assertEqual(h.core.upstream(h.table.get(1), True).idle_timeout, 2.0)  # type: ignore[arg-type]
 
     def test_retry_on_fresh_connection_when_pooled_one_closed_unanswered(self) -> None:
         h = ProxyHarness(1)

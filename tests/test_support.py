@@ -10,12 +10,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from dlba.accesslog import AccessLog, escape
+from dlba.array.status import StatusFactory
 from dlba.policy import RoundRobin
+from dlba.proxy.accesslog import AccessLog, escape
+from dlba.proxy.deadlines import NEVER, DeadlineSweeper
 from dlba.routing import Pool
-from dlba.status import StatusFactory
 from dlba.tables import BackendState, BackendStatusTable
-from dlba.timeouts import NEVER, DeadlineSweeper
 
 
 class Watched:

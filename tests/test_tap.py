@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 
 from dlba import tap
 from dlba.certs import make_cert
-from dlba.service import bind_to
+from dlba.node import bind_to
 
 CONFIG = """
 [node]
@@ -215,7 +215,7 @@ class ControlTests(SynchronousTestCase):
         return tap.makeService(o, reactor), reactor
 
     def test_enable_disable_drain(self) -> None:
-        from dlba.service import UnknownBackend
+        from dlba.proxy.service import UnknownBackend
 
         node, reactor = self.service()
         proxy = node.getServiceNamed("proxy")  # type: ignore[attr-defined]

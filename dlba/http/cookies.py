@@ -63,6 +63,17 @@ def without_cookie(pairs: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes |
     return b"; ".join(kept) if kept else None
 
 
+def forwarded_cookies(
+    headers: Sequence[bytes], name: bytes
+) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """The client's cookies, and the one Cookie header to forward: ``name`` (ours) taken
+    out, several headers (HTTP/2 style) joined into one (RFC 9113 §8.2.3)."""
+    pairs = cookie_pairs(headers)
+    if len(headers) == 1 and name not in headers[0]:
+        return pairs, headers[0]
+    return pairs, without_cookie(pairs, name)
+
+
 class SetCookie:
     """The parts of one Set-Cookie header the proxy cares about."""
 

@@ -20,9 +20,15 @@ REASONS: dict[int, bytes] = {
 
 
 def error_response(
-    status: int, *, close: bool, retry_after: int | None = None, head_only: bool = False
+    status: int,
+    *,
+    close: bool,
+    retry_after: int | None = None,
+    head_only: bool = False,
+    hsts: bytes | None = None,
 ) -> bytes:
-    """A small text/plain error.  ``close`` says whether the connection ends after it."""
+    """A small text/plain error.  ``close`` says whether the connection ends after it;
+    ``hsts``: a Strict-Transport-Security value to send (HTTPS only)."""
     reason = REASONS.get(status, b"Error")
     body = b"%d %s\n" % (status, reason)
     lines = [
@@ -33,6 +39,8 @@ def error_response(
     ]
     if retry_after is not None:
         lines.append(b"Retry-After: %d" % retry_after)
+    if hsts is not None:
+        lines.append(b"Strict-Transport-Security: " + hsts)
     lines.append(b"Connection: close" if close else b"Connection: keep-alive")
     head = b"\r\n".join(lines) + b"\r\n\r\n"
     return head if head_only else head + body

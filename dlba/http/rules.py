@@ -37,8 +37,6 @@ _ABSOLUTE_RE = re.compile(
     rb"(?i:https?)://([^/?#@\s]+)((?:/|\?)(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*)?\Z"
 )
 
-_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-
 
 class RequestRejected(Exception):
     """The request is refused with ``status``; ``reason`` goes to the log, not the client."""
@@ -58,10 +56,6 @@ def valid_host(value: bytes) -> bool:
 
 def _port_ok(port: bytes) -> bool:
     return port == b"" or int(port) <= 65535
-
-
-def valid_token(value: bytes) -> bool:
-    return _TOKEN_RE.match(value) is not None
 
 
 def check_version(major: int, minor: int) -> None:

@@ -1,0 +1,115 @@
+"""One node: every service one ``twistd dlba`` process runs, composed from the config."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IServiceCollection, MultiService
+from twisted.logger import ILogObserver, Logger
+
+from dlba.array.status import StatusFactory
+from dlba.config import Config
+from dlba.proxy.service import make_proxy_service
+from dlba.routing import backend_table, build_router
+
+
+def bind_to(description: str, ip: str | None) -> str:
+    """A tcp listener without ``interface=`` binds to this node's own ip (DESIGN.md §10)."""
+    if ip is None or not re.match(r"tcp6?:", description) or "interface=" in description:
+        return description
+    return f"{description}:interface={ip.replace(':', chr(92) + ':')}"
+
+
+class NodeService(MultiService):
+    """Everything one ``twistd dlba`` process runs, composed from the config."""
+
+    log = Logger(namespace="dlba.node")
+
+    def __init__(self, config: Config, reactor: Any, json_log: ILogObserver | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self._json_log = json_log
+
+    def setServiceParent(self, parent: IServiceCollection) -> None:  # type: ignore[override]
+        # twistd asks the application for an ILogObserver before it starts logging.
+        if self._json_log is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._json_log)
+        super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        super().startService()
+        for svc in self._listeners():
+            waiting = getattr(svc, "_waitingForPort", None)
+            if waiting is not None:
+                waiting.addCallback(self._announce_when_running, svc.name)
+
+    def _listeners(self) -> list[Any]:
+        found = []
+        for svc in self:
+            found += list(svc) if isinstance(svc, MultiService) else [svc]
+        return found
+
+    def _announce_when_running(self, port: Any, name: str) -> Any:
+        # twistd binds before reactor.run(); signal handlers exist only once it runs, and a
+        # supervisor may send SIGTERM as soon as it reads "listening".
+        self.reactor.callWhenRunning(self._announce, port, name)
+        return port
+
+    def _announce(self, port: Any, name: str) -> Any:
+        address = port.getHost()
+        # Tests and operators wait for this line; its fields are the contract.
+        self.log.info(
+            "listening: {listener} on {host}:{port}",
+            listener=name,
+            host=getattr(address, "host", ""),
+            port=getattr(address, "port", 0),
+        )
+        return port
+
+
+def make_node_service(
+    config: Config,
+    reactor: Any,  # provides IReactorCore, IReactorTCP and IReactorTime
+    *,
+    tls_context: Any = None,
+    extra: list[tuple[str, str, Any]] = (),  # type: ignore[assignment]
+    json_log: ILogObserver | None = None,
+) -> NodeService:
+    """Wire the node.  ``extra``: (name, endpoint, factory) listeners, e.g. demo back ends."""
+    from dlba.tls import wrap_tls
+
+    node = NodeService(config, reactor, json_log)
+    table = backend_table(config)
+    ip = config.node_ip()
+    listen = {
+        name: bind_to(description, ip)
+        for name, description in (("http", config.listen.http), ("https", config.listen.https))
+        if description
+    }
+    router = build_router(config, table) if listen else None
+    if router is not None:
+        proxy = make_proxy_service(
+            config,
+            table,
+            router,
+            reactor,
+            listen=listen,
+            tls_wrap=lambda factory: wrap_tls(factory, tls_context),
+        )
+        proxy.setServiceParent(node)
+    if config.listen.status:
+        svc = strports.service(
+            bind_to(config.listen.status, ip),
+            StatusFactory(config.node.number, table, reactor, router.pools if router else ()),
+            reactor=reactor,
+        )
+        svc.setName("status")
+        svc.setServiceParent(node)
+    for name, endpoint, factory in extra:
+        svc = strports.service(endpoint, factory, reactor=reactor)
+        svc.setName(name)
+        svc.setServiceParent(node)
+    return node

@@ -1,0 +1,147 @@
+"""What the listeners of one node share: routing, connection pools, timers, the log."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+
+from dlba.config import LimitsSection
+from dlba.proxy.accesslog import AccessLog
+from dlba.proxy.connections import ConnectionPool
+from dlba.proxy.deadlines import DeadlineSweeper
+from dlba.proxy.dispatch import SlotDispatcher
+from dlba.routing import Router
+from dlba.tables import BackendState, BackendStatusTable
+
+
+class ClientConnection(Protocol):
+    """What the core needs of a client connection (the front protocol)."""
+
+    def idle(self) -> bool: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class ProxyCore:
+    """The state every client connection of one node shares, and its life cycle."""
+
+    log = Logger(namespace="dlba.proxy")
+
+    def __init__(
+        self,
+        router: Router,
+        status: BackendStatusTable,
+        limits: LimitsSection,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        access_log: AccessLog | None = None,
+        cookie_name: str = "SpServer",
+        hsts: str | None = None,
+    ) -> None:
+        self.router = router
+        self.cookie_name = cookie_name.encode("ascii")
+        # Added to HTTPS answers that carry none of their own.
+        self.hsts = hsts.encode("ascii") if hsts else None
+        self.status = status
+        self.limits = limits
+        self.reactor = reactor
+        self.clock = clock
+        self.access_log = access_log
+        self.sweeper = DeadlineSweeper(clock)
+        self.dispatch = SlotDispatcher(router, status, clock, self.sweeper, self._limit_fell)
+        self.connections: set[ClientConnection] = set()
+        self.upstreams: dict[tuple[int, bool], ConnectionPool] = {}
+        self.draining = False
+        self.rejected = 0  # requests refused for what the client sent
+        self._all_closed: list[Deferred[None]] = []
+
+    @property
+    def refused_connections(self) -> int:
+        """Client connections refused because a queue was long."""
+        return sum(p.admission.refused_connections for p in self.router.pools)
+
+    def upstream(self, backend: BackendState, keepalive: bool) -> ConnectionPool:
+        """The pool of connections to ``backend`` (pooled or one per request)."""
+        key = (backend.number, keepalive)
+        pool = self.upstreams.get(key)
+        if pool is None:
+            limits = self.limits
+            pool = self.upstreams[key] = ConnectionPool(
+                backend,
+                self.reactor,
+                self.clock,
+                self.sweeper,
+                keepalive=keepalive,
+                connect_timeout=limits.backend_connect_timeout,
+                response_timeout=limits.backend_response_timeout,
+                idle_timeout=limits.backend_idle_timeout,
+            )
+        return pool
+
+    def _limit_fell(self, backend: BackendState) -> None:
+        for (number, _), pool in self.upstreams.items():
+            if number == backend.number:
+                pool.trim(backend.limit)
+
+    def log_access(
+        self,
+        client: str,
+        request_line: bytes,
+        status: int,
+        sent: int,
+        referer: bytes | None,
+        user_agent: bytes | None,
+    ) -> None:
+        if self.access_log is not None:
+            self.access_log.log(
+                self.clock.seconds(), client, request_line, status, sent, referer, user_agent
+            )
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.sweeper.start()
+        self.dispatch.start()
+
+    def stop(self) -> None:
+        self.sweeper.stop()
+        self.dispatch.stop()
+        for pool in self.upstreams.values():
+            pool.close_idle()
+        if self.access_log is not None:
+            self.access_log.flush()
+
+    def drain(self) -> None:
+        """Stop taking requests: close idle clients now, the rest after their answer."""
+        self.draining = True
+        for front in list(self.connections):
+            if front.idle():
+                front.close()
+        for pool in self.upstreams.values():
+            pool.close_idle()
+
+    def connection_opened(self, front: ClientConnection) -> None:
+        self.connections.add(front)
+
+    def connection_closed(self, front: ClientConnection) -> None:
+        self.connections.discard(front)
+        if not self.connections and self._all_closed:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def when_all_closed(self) -> Deferred[None]:
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._all_closed.append(d)
+        return d
+
+    def abort_all(self) -> None:
+        for front in list(self.connections):
+            front.abort()
+        for pool in self.upstreams.values():
+            pool.abort_all()
