@@ -57,6 +57,7 @@ class LimitsSection:
     max_body_bytes: int = 10485760
     header_timeout: float = 10.0
     body_timeout: float = 30.0  # longest silence while a request body is arriving
+    min_body_rate: float = 500.0  # bytes/s a body must average after body_timeout; 0: off
     idle_timeout: float = 60.0
     backend_connect_timeout: float = 3.0
     backend_response_timeout: float = 30.0
@@ -966,6 +967,10 @@ class _Checker:
             elif key == "max_client_connections":
                 values[key] = self.integer(
                     d, w, key, default.max_client_connections, 1, "open client connections"
+                )
+            elif key == "min_body_rate":
+                values[key] = self.number(
+                    d, w, key, default.min_body_rate, "bytes per second (0 turns it off)", True
                 )
             elif key == "shutdown_grace":
                 values[key] = self.number(

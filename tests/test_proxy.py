@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -342,6 +343,19 @@ class FailureTests(SynchronousTestCase):
         conn.dataReceived(OK)
         self.assertIn(b"200 OK", client.value())
 
+    def test_log_namespaces_are_stable(self) -> None:
+        """Operators filter on these: they must not follow the module's name."""
+        h = ProxyHarness(2)
+        front, _ = h.client()
+        with capturedLogs() as events:
+            front.dataReceived(GET)
+            h.refuse_backend(ConnectionRefusedError())
+            front.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n")
+        self.assertEqual(
+            [(e["log_namespace"], e["log_format"].split(" ")[0]) for e in events],
+            [("dlba.proxy", "back"), ("dlba.proxy", "refused")],
+        )
+
     def test_none_live_gives_503_with_retry_after(self) -> None:
         h = ProxyHarness(2, backend_failure_backoff=7.0)
         front, client = h.client()
@@ -413,6 +427,37 @@ class TimeoutTests(SynchronousTestCase):
         h.core.sweeper.check()
         self.assertTrue(client.value().startswith(b"HTTP/1.1 408 "))
         self.assertTrue(be.disconnecting)
+
+    def trickle(self, h: ProxyHarness, seconds: float, every: float = 0.5) -> bytes:
+        """Send a 100-byte body one byte every ``every`` s; what the client got back."""
+        front, client = h.client()
+        front.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        h.accept_backend()
+        t = 0.0
+        while t < seconds and not client.disconnecting:
+            h.reactor.advance(every)
+            t += every
+            if not client.disconnecting:
+                front.dataReceived(b"x")
+            h.core.sweeper.check()
+        return client.value() if client.disconnecting else b"(still open)"
+
+    def test_trickled_body_cut_by_min_body_rate(self) -> None:
+        """A byte every 0.5 s never leaves body_timeout of silence, but averages 2 B/s."""
+        h = ProxyHarness(1, body_timeout=2.0, min_body_rate=100.0)
+        answer = self.trickle(h, 60.0)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer)
+        # Cut once its credit (2 s + 1/100 s per byte received) ran out, not minutes later.
+        self.assertLess(h.reactor.seconds(), 3.0)
+
+    def test_trickled_body_goes_on_without_min_body_rate(self) -> None:
+        h = ProxyHarness(1, body_timeout=2.0, min_body_rate=0.0)
+        self.assertEqual(self.trickle(h, 40.0), b"(still open)")
+
+    def test_fast_enough_body_is_not_cut(self) -> None:
+        """100 bytes at 4 B/s, with a minimum of 2 B/s: well within its credit."""
+        h = ProxyHarness(1, body_timeout=2.0, min_body_rate=2.0)
+        self.assertEqual(self.trickle(h, 20.0, every=0.25), b"(still open)")
 
     def test_idle_keepalive_connection_closed(self) -> None:
         h = ProxyHarness(1, idle_timeout=5.0)

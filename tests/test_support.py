@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dlba.array.status import StatusFactory
 from dlba.policy import RoundRobin
 from dlba.proxy.accesslog import AccessLog, escape
-from dlba.proxy.deadlines import NEVER, DeadlineSweeper
+from dlba.proxy.deadlines import NEVER, DeadlineSweeper, body_deadline
 from dlba.routing import Pool
 from dlba.tables import BackendState, BackendStatusTable
 
@@ -115,3 +115,14 @@ class StatusTests(SynchronousTestCase):
                 "expired": 3,
             },
         )
+
+
+class BodyDeadlineTests(SynchronousTestCase):
+    def test_silence_alone_without_a_minimum(self) -> None:
+        self.assertEqual(body_deadline(0.0, 100.0, 5, 30.0, 0.0), 130.0)
+
+    def test_credit_grows_with_bytes(self) -> None:
+        # 30 s of grace, then 1 s per 500 bytes received.
+        self.assertEqual(body_deadline(0.0, 1.0, 500, 30.0, 500.0), 31.0)
+        self.assertEqual(body_deadline(0.0, 1.0, 50_000, 30.0, 500.0), 31.0)  # silence first
+        self.assertEqual(body_deadline(0.0, 90.0, 50_000, 30.0, 500.0), 120.0)

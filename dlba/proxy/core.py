@@ -6,7 +6,6 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
-from twisted.logger import Logger
 
 from dlba.config import LimitsSection
 from dlba.proxy.accesslog import AccessLog
@@ -27,8 +26,6 @@ class ClientConnection(Protocol):
 
 class ProxyCore:
     """The state every client connection of one node shares, and its life cycle."""
-
-    log = Logger(namespace="dlba.proxy")
 
     def __init__(
         self,

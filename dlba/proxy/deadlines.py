@@ -14,6 +14,20 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 NEVER = math.inf
 
 
+def body_deadline(
+    started: float, now: float, received: int, silence: float, min_rate: float
+) -> float:
+    """When a request body that began at ``started`` and has brought ``received`` bytes so
+    far must have gone on: within ``silence`` seconds of its last bytes, and (``min_rate``
+    > 0) on average at ``min_rate`` bytes/s after a first ``silence`` seconds of grace, as
+    Apache's mod_reqtimeout ``MinRate`` does.  A body trickled a byte at a time is cut when
+    its credit runs out, however often the bytes come."""
+    deadline = now + silence
+    if min_rate > 0:
+        deadline = min(deadline, started + silence + received / min_rate)
+    return deadline
+
+
 class HasDeadline(Protocol):
     deadline: float
 

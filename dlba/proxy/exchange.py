@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Protocol
 
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dlba.http.framing import LAST_CHUNK, Framing, chunk
@@ -29,6 +30,8 @@ from dlba.tables import BackendState
 BODY_BUFFER_LIMIT = 65536
 
 _STS = b"strict-transport-security"
+
+log = Logger(namespace="dlba.proxy")  # stable, wherever this module moves
 
 
 class Pause(enum.IntFlag):
@@ -218,7 +221,7 @@ class Exchange:
         error = f"connect: {reason.getErrorMessage()}"
         backoff = core.limits.backend_failure_backoff
         backend.mark_failed(now, backoff, error)
-        core.log.warn(
+        log.warn(
             "back end {number} ({address}) failed: {error}; marked failed for {backoff}s",
             number=backend.number,
             address=backend.address,
@@ -426,7 +429,7 @@ class Exchange:
 
     def fail_midway(self, why: str) -> None:
         """The answer broke after its head went out: only closing tells the client."""
-        self.core.log.info(
+        log.info(
             "{request} from {client}: {why}",
             request=self.request.request_line,
             client=self.front.client_ip,

@@ -14,6 +14,7 @@ from typing import Any
 import httptools
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -23,10 +24,12 @@ from dlba.http.request import RequestHead, accept_request
 from dlba.http.responses import error_response
 from dlba.http.rules import RequestRejected
 from dlba.proxy.core import ProxyCore
-from dlba.proxy.deadlines import NEVER
+from dlba.proxy.deadlines import NEVER, body_deadline
 from dlba.proxy.exchange import BODY_BUFFER_LIMIT, Exchange, Pause
 from dlba.proxy.tcp import no_delay
 from dlba.proxy.upstream import BackendConnection
+
+log = Logger(namespace="dlba.proxy")  # stable, wherever this module moves
 
 
 class _ClientThrottle:
@@ -73,6 +76,8 @@ class FrontProtocol(Protocol):
         self._head_bytes = 0
         self._pending_error: tuple[int, str] | None = None
         self._body_seen = 0
+        self._body_started = 0.0  # when the body being read began (paused time excluded)
+        self._paused_at = 0.0
         self._head = RequestHead()
 
     # -- connection life -------------------------------------------------------------------
@@ -133,15 +138,20 @@ class FrontProtocol(Protocol):
         return not self.queue and self.tunnel is None and not self._in_head
 
     def pause_reading(self, why: Pause) -> None:
-        if not self.paused and not self.gone:
-            self.transport.pauseProducing()
+        if not self.paused:
+            self._paused_at = self.core.clock.seconds()
+            if not self.gone:
+                self.transport.pauseProducing()
         self.paused |= why
 
     def resume_reading(self, why: Pause) -> None:
         if self.paused & why:
             self.paused &= ~why
-            if not self.paused and not self.gone:
-                self.transport.resumeProducing()
+            if not self.paused:
+                # Time we did not read is not the client's: its body's rate clock waited.
+                self._body_started += self.core.clock.seconds() - self._paused_at
+                if not self.gone:
+                    self.transport.resumeProducing()
 
     def client_buffer_full(self, full: bool) -> None:
         self.client_full = full
@@ -170,6 +180,11 @@ class FrontProtocol(Protocol):
             if ex.response_started:
                 self.abort()
             else:
+                log.info(
+                    "{request} from {client}: body too slow (body_timeout, min_body_rate)",
+                    request=ex.request.request_line,
+                    client=self.client_ip,
+                )
                 ex.close_after = True
                 ex.respond_error(408)
             return
@@ -232,7 +247,7 @@ class FrontProtocol(Protocol):
             return
         self._in_head = False
         self.core.rejected += 1
-        self.core.log.info(
+        log.info(
             "refused request from {client}: {status} {why}",
             client=self.client_ip,
             status=status,
@@ -307,7 +322,12 @@ class FrontProtocol(Protocol):
         ex = Exchange(self, core, request)
         has_body = request.body != Framing.NONE
         self.reading = ex if has_body else None
-        self.deadline = now + limits.body_timeout if has_body else NEVER
+        if has_body:
+            self._body_started = now
+            self._body_seen = 0
+            self.deadline = now + limits.body_timeout
+        else:
+            self.deadline = NEVER
         self.queue.append(ex)
         if len(self.queue) == 1:
             ex.start()
@@ -319,7 +339,14 @@ class FrontProtocol(Protocol):
         self._body_seen += len(data)
         if ex.request.body == Framing.CHUNKED and self._body_seen > self.limits.max_body_bytes:
             raise RequestRejected(413, "chunked body over max_body_bytes")
-        self.deadline = self.core.clock.seconds() + self.limits.body_timeout
+        limits = self.limits
+        self.deadline = body_deadline(
+            self._body_started,
+            self.core.clock.seconds(),
+            self._body_seen,
+            limits.body_timeout,
+            limits.min_body_rate,
+        )
         ex.request_body(data)
 
     def on_message_complete(self) -> None:

@@ -18,6 +18,8 @@ from dlba.proxy.front import ProxyFactory
 from dlba.routing import Router
 from dlba.tables import BackendState, BackendStatusTable
 
+log = Logger(namespace="dlba.proxy.service")  # stable, wherever this module moves
+
 
 class UnknownBackend(KeyError):
     """No back end has that number."""
@@ -29,8 +31,6 @@ class ProxyService(MultiService):
     Stopping closes the listeners at once, lets requests in flight finish for up to
     ``shutdown_grace`` seconds, then cuts what is left.
     """
-
-    log = Logger(namespace="dlba.proxy.service")
 
     def __init__(self, core: ProxyCore, grace: float, clock: IReactorTime) -> None:
         super().__init__()
@@ -53,17 +53,17 @@ class ProxyService(MultiService):
     def enable_backend(self, number: int) -> None:
         """Let back end ``number`` take new requests and sessions again."""
         self._backend(number).enable()
-        self.log.info("back end {number} enabled", number=number)
+        log.info("back end {number} enabled", number=number)
 
     def disable_backend(self, number: int) -> None:
         """Send back end ``number`` nothing more; its sessions move at once."""
         self._backend(number).disable()
-        self.log.info("back end {number} disabled", number=number)
+        log.info("back end {number} disabled", number=number)
 
     def drain_backend(self, number: int, grace: float) -> None:
         """No new sessions for back end ``number``; its sessions stay ``grace`` seconds more."""
         self._backend(number).drain(self.clock.seconds() + grace)
-        self.log.info("back end {number} draining for {grace}s", number=number, grace=grace)
+        log.info("back end {number} draining for {grace}s", number=number, grace=grace)
 
     def stopService(self) -> Deferred[Any]:
         listeners = super().stopService()
@@ -71,7 +71,7 @@ class ProxyService(MultiService):
         core.drain()
         open_now = len(core.connections)
         if open_now:
-            self.log.info(
+            log.info(
                 "stopping: {count} client connections may finish within {grace}s",
                 count=open_now,
                 grace=self.grace,
@@ -81,7 +81,7 @@ class ProxyService(MultiService):
 
         def cut(_: object) -> None:
             if core.connections:
-                self.log.warn(
+                log.warn(
                     "grace period over: cutting {count} connections", count=len(core.connections)
                 )
             core.abort_all()

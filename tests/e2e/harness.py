@@ -490,7 +490,7 @@ class Dlba:
             return
         if isinstance(event, dict):
             self.events.append(event)
-            if event.get("log_namespace") == "dlba.service.NodeService" and "listener" in event:
+            if event.get("log_namespace") == "dlba.node" and "listener" in event:
                 self.ports[event["listener"]] = int(event["port"])
             self.event_waiters.poke()
 

@@ -12,6 +12,7 @@ LIMITS: dict[str, object] = {
     "max_body_bytes": 1000,
     "header_timeout": 1.0,
     "body_timeout": 1.0,
+    "min_body_rate": 100.0,
     # Above body_timeout: a body that stops must be the client's 408, not a 504.
     "backend_response_timeout": 2.0,
 }
@@ -140,6 +141,34 @@ class BadInputTests(E2ETestCase):
         response = await client.response(seconds=5)
         self.assertEqual(response.status, 408)
         await client.when_closed(5)
+        stats = await self.b1.stats()
+        self.assertEqual(stats["completed"], 0, stats)
+
+    async def test_body_trickled_below_min_body_rate(self) -> None:
+        """A byte every 0.2 s: never 1 s of silence, but 5 B/s against min_body_rate 100."""
+        client = await self.connect(self.node.http)
+        client.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 900\r\n\r\n")
+        started = reactor.seconds()
+
+        def one_byte() -> None:
+            if not client.closed:
+                client.send(b"x")
+
+        trickle = LoopingCall(one_byte)
+        trickle.clock = reactor
+
+        def stop() -> None:
+            if trickle.running:
+                trickle.stop()
+
+        self.addCleanup(stop)
+        trickle.start(0.2)
+        response = await client.response(seconds=10)
+        self.assertEqual(response.status, 408)
+        await client.when_closed(5)
+        stop()
+        # body_timeout (1 s) + 1/100 s a byte received, checked every 0.25 s: not minutes.
+        self.assertLess(reactor.seconds() - started, 3.0)
         stats = await self.b1.stats()
         self.assertEqual(stats["completed"], 0, stats)
 
