@@ -1,9 +1,10 @@
 /*
  * loadgen: the two load patterns wrk cannot make, for bench/run.sh.
  *
- *   loadgen rate   -p PORT [-h HOST] [-u PATH] -r RATE [-c CONNS] [-d SECS] [-w SECS]
+ *   loadgen rate   -p PORT [-h HOST] [-u PATH] -r RATE [-c CONNS] [-d SECS] [-w SECS] [-s]
  *       Open loop: HTTP/1.1 keep-alive at a fixed RATE (req/s in total) over at most
- *       CONNS connections, one request in flight per connection.  Request k is
+ *       CONNS connections, one request in flight per connection; -s: over TLS (-V sets the
+ *       version), each connection's handshake done before the schedule starts.  Request k is
  *       *scheduled* for t0 + k/RATE whether or not a connection is free; its latency is
  *       measured from that scheduled time to the last byte of its response, so time spent
  *       waiting behind a slow server counts (no coordinated omission).  The first -w
@@ -11,8 +12,10 @@
  *       drain time after the schedule runs out count as timeouts, with their latency so
  *       far included in the percentiles (a pessimistic, never an optimistic, figure).
  *
- *   loadgen tlsnew -p PORT [-h HOST] [-u PATH] [-c THREADS] [-d SECS] [-V 1.2|1.3]
- *       Closed loop: each of THREADS threads repeatedly opens a TCP connection, performs a
+ *   loadgen tlsnew -p PORT [-h HOST] [-u PATH] [-c THREADS] [-d SECS] [-V 1.2|1.3] [-r RATE]
+ *       Closed loop (or paced at RATE handshakes/s in total with -r: request k starts no
+ *       earlier than t0 + k/RATE, so the proxy's CPU per handshake is measured at a load it
+ *       can sustain, not only saturated): each of THREADS threads repeatedly opens a TCP connection, performs a
  *       *full* TLS handshake (a fresh SSL object, no session set, the client session cache
  *       off, no tickets asked for, so nothing can be resumed), sends one request with
  *       "Connection: close", reads the response and closes.  Resumed handshakes are
@@ -69,6 +72,8 @@ static double opt_duration = 10.0;
 static double opt_warmup = 1.0;
 static double opt_drain = 5.0;
 static const char *opt_tls_version = "1.3";
+static int opt_tls = 0;      /* rate: -s, keep-alive over TLS */
+static int opt_rate_set = 0; /* tlsnew: -r given, pace the handshakes */
 
 static struct sockaddr_in server_addr;
 static char request[1024];
@@ -245,7 +250,7 @@ static int resp_feed(resp_t *r, const char *buf, size_t n) {
 
 /* ---------- open loop ---------- */
 
-enum { C_CLOSED, C_CONNECTING, C_IDLE, C_BUSY };
+enum { C_CLOSED, C_CONNECTING, C_HANDSHAKE, C_IDLE, C_BUSY };
 
 typedef struct {
     int fd;
@@ -254,8 +259,12 @@ typedef struct {
     int measured;    /* that request is in the measurement window */
     size_t wpos;     /* bytes of the request written */
     int64_t retry_at;
+    SSL *ssl;        /* -s: the connection's TLS state, NULL in plain HTTP */
     resp_t r;
 } conn_t;
+
+static SSL_CTX *ssl_ctx;
+static SSL_CTX *client_ctx(void);
 
 static conn_t *conns;
 static int *idle_stack, idle_top;
@@ -307,6 +316,11 @@ static void conn_fail(conn_t *c, int64_t now, int count_error) {
                 break;
             }
     }
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        ERR_clear_error();
+    }
     if (c->fd >= 0) {
         epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
@@ -317,14 +331,76 @@ static void conn_fail(conn_t *c, int64_t now, int count_error) {
     st.reconnects++;
 }
 
+/* Bytes moved (> 0), 0 at EOF, IO_AGAIN_IN / IO_AGAIN_OUT when the socket must become
+ * readable / writable first, IO_ERR on an error: the same for plain TCP and TLS. */
+enum { IO_AGAIN_IN = -2, IO_AGAIN_OUT = -3, IO_ERR = -1 };
+
+static ssize_t io_ssl_result(conn_t *c, int n) {
+    if (n > 0) return n;
+    switch (SSL_get_error(c->ssl, n)) {
+    case SSL_ERROR_WANT_READ: return IO_AGAIN_IN;
+    case SSL_ERROR_WANT_WRITE: return IO_AGAIN_OUT;
+    case SSL_ERROR_ZERO_RETURN: return 0;
+    default: ERR_clear_error(); return n == 0 ? 0 : IO_ERR;
+    }
+}
+
+static ssize_t io_send(conn_t *c, const char *buf, size_t len) {
+    if (c->ssl) return io_ssl_result(c, SSL_write(c->ssl, buf, (int)len));
+    ssize_t w = send(c->fd, buf, len, MSG_NOSIGNAL);
+    if (w < 0) return errno == EAGAIN ? IO_AGAIN_OUT : IO_ERR;
+    return w;
+}
+
+static ssize_t io_recv(conn_t *c, char *buf, size_t len) {
+    if (c->ssl) return io_ssl_result(c, SSL_read(c->ssl, buf, (int)len));
+    ssize_t got = recv(c->fd, buf, len, 0);
+    if (got < 0) return errno == EAGAIN ? IO_AGAIN_IN : IO_ERR;
+    return got;
+}
+
+/* TCP is up: plain connections are ready, TLS ones start their handshake. */
+static void conn_up(conn_t *c, int64_t now);
+
+static void conn_handshake(conn_t *c, int64_t now) {
+    ssize_t rc = io_ssl_result(c, SSL_do_handshake(c->ssl));
+    if (rc > 0) {
+        ep_set(c, EPOLLIN);
+        conn_make_idle(c);
+    } else if (rc == IO_AGAIN_IN) {
+        ep_set(c, EPOLLIN);
+    } else if (rc == IO_AGAIN_OUT) {
+        ep_set(c, EPOLLIN | EPOLLOUT);
+    } else {
+        conn_fail(c, now, 0);
+        st.conn_errors++;
+        c->retry_at = now + 10 * 1000000LL;
+    }
+}
+
+static void conn_up(conn_t *c, int64_t now) {
+    if (!opt_tls) {
+        ep_set(c, EPOLLIN);
+        conn_make_idle(c);
+        return;
+    }
+    c->ssl = SSL_new(client_ctx());
+    if (!c->ssl) die("SSL_new");
+    SSL_set_fd(c->ssl, c->fd);
+    SSL_set_tlsext_host_name(c->ssl, "localhost");
+    SSL_set_connect_state(c->ssl);
+    c->state = C_HANDSHAKE;
+    conn_handshake(c, now);
+}
+
 static void conn_write(conn_t *c, int64_t now) {
     while (c->wpos < request_len) {
-        ssize_t w = send(c->fd, request + c->wpos, request_len - c->wpos, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EAGAIN) {
-                ep_set(c, EPOLLIN | EPOLLOUT);
-                return;
-            }
+        ssize_t w = io_send(c, request + c->wpos, request_len - c->wpos);
+        if (w == IO_AGAIN_OUT || w == IO_AGAIN_IN) {
+            ep_set(c, w == IO_AGAIN_OUT ? EPOLLIN | EPOLLOUT : EPOLLIN);
+            return;
+        }
+        if (w <= 0) {
             conn_fail(c, now, 1);
             return;
         }
@@ -394,14 +470,17 @@ static int run_rate(void) {
             conn_t *c = &conns[evs[i].data.u32];
             int err = 0;
             socklen_t len = sizeof err;
+            if (c->state == C_HANDSHAKE) {
+                conn_handshake(c, now_ns());
+                continue;
+            }
             if (c->state != C_CONNECTING) continue;
             getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
             if (err) {
                 conn_fail(c, now_ns(), 0);
                 c->retry_at = now_ns() + 10 * 1000000LL;
             } else {
-                ep_set(c, EPOLLIN);
-                conn_make_idle(c);
+                conn_up(c, now_ns());
             }
         }
         for (int i = 0; i < opt_conns; i++)
@@ -431,7 +510,7 @@ static int run_rate(void) {
         int busy = 0;
         for (int i = 0; i < opt_conns; i++) {
             conn_t *c = &conns[i];
-            if (c->state == C_BUSY || c->state == C_CONNECTING) busy++;
+            if (c->state == C_BUSY || c->state == C_CONNECTING || c->state == C_HANDSHAKE) busy++;
             if (c->state == C_CLOSED && c->retry_at <= now) conn_open(c, now);
         }
         if (next >= total && busy == 0) break;
@@ -457,25 +536,33 @@ static int run_rate(void) {
                     st.conn_errors++;
                     c->retry_at = now + 10 * 1000000LL;
                 } else {
-                    ep_set(c, EPOLLIN);
-                    conn_make_idle(c);
+                    conn_up(c, now);
                 }
                 continue;
             }
-            if (c->state == C_BUSY && c->wpos < request_len && (evs[i].events & EPOLLOUT)) {
+            if (c->state == C_HANDSHAKE) {
+                conn_handshake(c, now);
+                continue;
+            }
+            if (c->state == C_BUSY && c->wpos < request_len) { /* TLS may want IN to write */
                 conn_write(c, now);
                 if (c->state != C_BUSY) continue;
             }
             if (!(evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) continue;
-            if (c->state == C_IDLE) { /* the server closed an idle connection */
-                (void)recv(c->fd, buf, sizeof buf, 0); /* EOF, or bytes we never asked for */
-                conn_fail(c, now, 0);
+            if (c->state == C_IDLE) {
+                /* TLS: session tickets and other records with no data are fine; anything
+                 * else is the server closing an idle connection or bytes never asked for */
+                if (io_recv(c, buf, sizeof buf) != IO_AGAIN_IN) conn_fail(c, now, 0);
                 continue;
             }
             if (c->state != C_BUSY) continue;
             for (;;) {
-                ssize_t got = recv(c->fd, buf, sizeof buf, 0);
-                if (got < 0 && errno == EAGAIN) break;
+                ssize_t got = io_recv(c, buf, sizeof buf);
+                if (got == IO_AGAIN_IN) break;
+                if (got == IO_AGAIN_OUT) {
+                    ep_set(c, EPOLLIN | EPOLLOUT);
+                    break;
+                }
                 if (got <= 0) { /* EOF or error */
                     if (got == 0 && c->r.state == R_TO_EOF) {
                         c->r.state = R_DONE;
@@ -507,6 +594,7 @@ static int run_rate(void) {
             st.timeouts++;
             lat_add(&lats, end - c->sched);
         }
+        if (c->ssl) SSL_free(c->ssl);
         if (c->fd >= 0) close(c->fd);
     }
     for (long long k = next; k < total; k++) {
@@ -517,12 +605,12 @@ static int run_rate(void) {
     qsort(lats.v, lats.n, sizeof *lats.v, cmp64);
     qsort(lags.v, lags.n, sizeof *lags.v, cmp64);
     double measured_s = opt_duration;
-    printf("{\"mode\": \"rate\", \"offered_rps\": %.1f, \"duration_s\": %.3f, \"connections\": %d, "
+    printf("{\"mode\": \"rate\", \"tls\": %d, \"offered_rps\": %.1f, \"duration_s\": %.3f, \"connections\": %d, "
            "\"requests\": %lld, \"rps\": %.1f, \"non2xx\": %lld, \"errors\": %lld, \"timeouts\": %lld, "
            "\"late_sends\": %lld, \"max_backlog\": %lld, \"p50_us\": %.1f, \"p90_us\": %.1f, "
            "\"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f, \"send_lag_p50_us\": %.1f, "
            "\"send_lag_p99_us\": %.1f}\n",
-           opt_rate, measured_s, opt_conns, st.completed, (double)st.completed / measured_s, st.non2xx,
+           opt_tls, opt_rate, measured_s, opt_conns, st.completed, (double)st.completed / measured_s, st.non2xx,
            st.conn_errors, st.timeouts, st.late_sends, st.max_backlog, pct_us(&lats, 0.50),
            pct_us(&lats, 0.90), pct_us(&lats, 0.99), pct_us(&lats, 0.999),
            lats.n ? (double)lats.v[lats.n - 1] / 1000.0 : -1.0, pct_us(&lags, 0.50),
@@ -539,7 +627,6 @@ static int run_rate(void) {
 
 /* ---------- a full TLS handshake per request ---------- */
 
-static SSL_CTX *ssl_ctx;
 static int64_t tls_deadline;
 static pthread_mutex_t tls_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
@@ -607,11 +694,28 @@ static int tls_one(lat_t *mine, long long *non2xx, long long *resumed) {
     return ok;
 }
 
+static int64_t tls_t0;
+static long long tls_next; /* -r: the next handshake's index in the schedule */
+
+/* -r: wait for this thread's next slot in the schedule; 0 when the schedule is over. */
+static int tls_pace(void) {
+    if (!opt_rate_set) return now_ns() < tls_deadline;
+    pthread_mutex_lock(&tls_mu);
+    long long k = tls_next++;
+    pthread_mutex_unlock(&tls_mu);
+    int64_t at = tls_t0 + (int64_t)((double)k * 1e9 / opt_rate);
+    if (at >= tls_deadline) return 0;
+    struct timespec ts_at = {.tv_sec = at / NS, .tv_nsec = at % NS};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts_at, NULL) == EINTR) {
+    }
+    return 1;
+}
+
 static void *tls_thread(void *arg) {
     (void)arg;
     lat_t mine = {0};
     long long errors = 0, non2xx = 0, resumed = 0;
-    while (now_ns() < tls_deadline) {
+    while (tls_pace()) {
         if (tls_one(&mine, &non2xx, &resumed) < 0) {
             errors++;
             ERR_clear_error();
@@ -629,8 +733,10 @@ static void *tls_thread(void *arg) {
     return NULL;
 }
 
-static int run_tlsnew(void) {
-    signal(SIGPIPE, SIG_IGN);
+/* The client context: no verification (a self-signed bench certificate), no session cache
+ * and no tickets, so nothing is ever resumed. */
+static SSL_CTX *client_ctx(void) {
+    if (ssl_ctx) return ssl_ctx;
     ssl_ctx = SSL_CTX_new(TLS_client_method());
     if (!ssl_ctx) die("SSL_CTX_new");
     SSL_CTX_set_verify(ssl_ctx, SSL_VERIFY_NONE, NULL);
@@ -639,20 +745,27 @@ static int run_tlsnew(void) {
     int v = strcmp(opt_tls_version, "1.2") == 0 ? TLS1_2_VERSION : TLS1_3_VERSION;
     SSL_CTX_set_min_proto_version(ssl_ctx, v);
     SSL_CTX_set_max_proto_version(ssl_ctx, v);
+    return ssl_ctx;
+}
+
+static int run_tlsnew(void) {
+    signal(SIGPIPE, SIG_IGN);
+    client_ctx();
     if (opt_conns < 1) opt_conns = 1;
     pthread_t *th = calloc((size_t)opt_conns, sizeof *th);
     int64_t t0 = now_ns();
+    tls_t0 = t0;
     tls_deadline = t0 + (int64_t)(opt_duration * 1e9);
     for (int i = 0; i < opt_conns; i++)
         if (pthread_create(&th[i], NULL, tls_thread, NULL) != 0) die("pthread_create");
     for (int i = 0; i < opt_conns; i++) pthread_join(th[i], NULL);
     double elapsed = (double)(now_ns() - t0) / 1e9;
     qsort(lats.v, lats.n, sizeof *lats.v, cmp64);
-    printf("{\"mode\": \"tlsnew\", \"duration_s\": %.3f, \"connections\": %d, \"requests\": %lld, "
+    printf("{\"mode\": \"tlsnew\", \"offered_rps\": %.1f, \"duration_s\": %.3f, \"connections\": %d, \"requests\": %lld, "
            "\"rps\": %.1f, \"non2xx\": %lld, \"errors\": %lld, \"resumed\": %lld, \"protocol\": \"%s\", "
            "\"cipher\": \"%s\", \"group\": \"%s\", \"p50_us\": %.1f, \"p90_us\": %.1f, "
            "\"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f}\n",
-           elapsed, opt_conns, ts.completed, (double)ts.completed / elapsed, ts.non2xx, ts.errors,
+           opt_rate_set ? opt_rate : 0.0, elapsed, opt_conns, ts.completed, (double)ts.completed / elapsed, ts.non2xx, ts.errors,
            ts.resumed, ts.protocol, ts.cipher, ts.group, pct_us(&lats, 0.50), pct_us(&lats, 0.90),
            pct_us(&lats, 0.99), pct_us(&lats, 0.999),
            lats.n ? (double)lats.v[lats.n - 1] / 1000.0 : -1.0);
@@ -668,8 +781,8 @@ static int run_tlsnew(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen rate   -p PORT [-h HOST] [-u PATH] [-r RATE] [-c CONNS] [-d SECS] [-w SECS] [-T SECS]\n"
-            "       loadgen tlsnew -p PORT [-h HOST] [-u PATH] [-c THREADS] [-d SECS] [-V 1.2|1.3]\n");
+            "usage: loadgen rate   -p PORT [-h HOST] [-u PATH] [-r RATE] [-c CONNS] [-d SECS] [-w SECS] [-T SECS] [-s] [-V 1.2|1.3]\n"
+            "       loadgen tlsnew -p PORT [-h HOST] [-u PATH] [-c THREADS] [-d SECS] [-V 1.2|1.3] [-r RATE]\n");
     exit(2);
 }
 
@@ -678,12 +791,13 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     int opt;
     optind = 2;
-    while ((opt = getopt(argc, argv, "h:p:u:r:c:d:w:T:V:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:u:r:c:d:w:T:V:s")) != -1) {
         switch (opt) {
         case 'h': opt_host = optarg; break;
         case 'p': opt_port = atoi(optarg); break;
         case 'u': opt_path = optarg; break;
-        case 'r': opt_rate = atof(optarg); break;
+        case 'r': opt_rate = atof(optarg); opt_rate_set = 1; break;
+        case 's': opt_tls = 1; break;
         case 'c': opt_conns = atoi(optarg); break;
         case 'd': opt_duration = atof(optarg); break;
         case 'w': opt_warmup = atof(optarg); break;

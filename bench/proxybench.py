@@ -9,6 +9,9 @@
         them alike), and appends one JSON line per run.
     proxybench.py report RESULTS.jsonl [--skipped NAME=REASON ...] [--md FILE]
         The Markdown table of medians, ratios against the targets and the machine.
+    proxybench.py profile --proxy NAME:PID:HTTP_PORT:HTTPS_PORT --workloads "K ..." --out DIR
+        py-spy samples the proxy (a Python process) while each workload runs; prints and
+        writes the functions with the most samples, by own time and including callees.
 
 The figure that counts is the proxy's CPU time per request: utime + stime of the proxy
 process (and any children it has) from /proc/<pid>/stat, read just before the load
@@ -45,33 +48,68 @@ class Workload:
     path: str
     cpu_target: float | None = None  # dlba/HAProxy CPU per request must be <= this
     p99_target: float | None = None  # dlba/HAProxy p99 must be <= this
+    fixed: bool = False  # at a fixed offered rate (open loop), not as fast as it goes
 
 
+# Two regimes of the same four loads: saturated (closed loop: wrk or tlsnew as fast as the
+# proxy answers, enough connections that the proxy is the busy process) and at a fixed
+# offered rate (open loop: RATE req/s, TLS_RATE handshakes/s), where every proxy does the
+# same work per second and CPU per request is not flattered by bigger batches per wakeup.
 WORKLOADS = [
-    Workload("http-ka-100", "HTTP keep-alive, 100 B", "wrk", "http", "/100", cpu_target=3.0),
-    Workload("https-ka-100", "HTTPS keep-alive, 100 B", "wrk", "https", "/100", cpu_target=3.5),
-    Workload("https-ka-16k", "HTTPS keep-alive, 16 KiB", "wrk", "https", "/16k", cpu_target=2.5),
+    Workload("http-ka-100", "HTTP keep-alive, 100 B", "wrk", "http", "/100", cpu_target=2.3),
+    Workload("https-ka-100", "HTTPS keep-alive, 100 B", "wrk", "https", "/100", cpu_target=2.6),
+    Workload("http-ka-16k", "HTTP keep-alive, 16 KiB", "wrk", "http", "/16k", cpu_target=2.0),
+    Workload("https-ka-16k", "HTTPS keep-alive, 16 KiB", "wrk", "https", "/16k"),
     Workload(
         "https-new-tls",
         "HTTPS, full TLS 1.3 handshake per request",
         "tlsnew",
         "https",
         "/100",
-        cpu_target=1.5,
+        cpu_target=1.25,
     ),
-    Workload("http-ka-16k", "HTTP keep-alive, 16 KiB", "wrk", "http", "/16k"),
     Workload(
-        "openloop-2000",
-        "HTTP keep-alive 100 B, open loop at 2,000 req/s",
+        "rate-http-ka-100",
+        "HTTP keep-alive, 100 B, fixed rate",
         "rate",
         "http",
         "/100",
+        cpu_target=2.3,
         p99_target=2.0,
+        fixed=True,
+    ),
+    Workload(
+        "rate-https-ka-100",
+        "HTTPS keep-alive, 100 B, fixed rate",
+        "rate",
+        "https",
+        "/100",
+        cpu_target=2.6,
+        fixed=True,
+    ),
+    Workload(
+        "rate-http-ka-16k",
+        "HTTP keep-alive, 16 KiB, fixed rate",
+        "rate",
+        "http",
+        "/16k",
+        cpu_target=2.0,
+        fixed=True,
+    ),
+    Workload(
+        "rate-https-new-tls",
+        "HTTPS, full TLS 1.3 handshake per request, fixed rate",
+        "tlsnew",
+        "https",
+        "/100",
+        cpu_target=1.25,
+        fixed=True,
     ),
 ]
 WORKLOAD_BY_KEY = {w.key: w for w in WORKLOADS}
-PROXY_ORDER = ["dlba", "haproxy", "nginx"]
-PROXY_TITLE = {"dlba": "dlba", "haproxy": "HAProxy", "nginx": "nginx"}
+PROXY_ORDER = ["dlba", "dlba-base", "haproxy", "nginx"]
+PROXY_TITLE = {"dlba": "dlba", "dlba-base": "dlba (base)", "haproxy": "HAProxy", "nginx": "nginx"}
+SUSTAINED = 0.98  # a fixed-rate run must complete this share of the offered requests
 
 
 # ---------------------------------------------------------------- CPU accounting
@@ -174,6 +212,7 @@ class Settings:
     wrk_conns: int
     tls_clients: int
     rate: float
+    tls_rate: float
     rate_conns: int
     client_cpus: str | None  # taskset -c list for the load generator, None: no pinning
     loadgen: str
@@ -189,9 +228,13 @@ def command(w: Workload, p: Proxy, s: Settings, duration: float) -> list[str]:
     elif w.tool == "tlsnew":
         cmd = [s.loadgen, "tlsnew", "-p", str(port), "-u", w.path]
         cmd += ["-c", str(s.tls_clients), "-d", f"{duration:g}"]
+        if w.fixed:
+            cmd += ["-r", f"{s.tls_rate:g}"]
     elif w.tool == "rate":
         cmd = [s.loadgen, "rate", "-p", str(port), "-u", w.path, "-r", f"{s.rate:g}"]
         cmd += ["-c", str(s.rate_conns), "-d", f"{duration:g}", "-w", "0", "-T", "5"]
+        if w.scheme == "https":
+            cmd += ["-s"]
     else:
         raise ValueError(w.tool)
     if s.client_cpus is not None:
@@ -236,6 +279,10 @@ def measure(w: Workload, p: Proxy, s: Settings, duration: float) -> dict[str, ob
         rec.update(ok=False, why=f"{res['resumed']} handshakes were resumed, not full")
     else:
         rec["ok"] = True
+    if w.fixed:
+        offered = s.tls_rate if w.tool == "tlsnew" else s.rate
+        rec["offered_rps"] = offered
+        rec["sustained"] = float(res["rps"]) >= SUSTAINED * offered  # type: ignore[arg-type]
     return rec
 
 
@@ -253,6 +300,7 @@ def bench(args: argparse.Namespace) -> int:
         wrk_conns=args.wrk_conns,
         tls_clients=args.tls_clients,
         rate=args.rate,
+        tls_rate=args.tls_rate,
         rate_conns=args.rate_conns,
         client_cpus=args.client_cpus or None,
         loadgen=args.loadgen,
@@ -261,8 +309,8 @@ def bench(args: argparse.Namespace) -> int:
     wanted = [WORKLOAD_BY_KEY[k] for k in args.workloads.split()] if args.workloads else WORKLOADS
     out = Path(args.out)
 
-    def runs_of(w: Workload) -> int:
-        return s.openloop_runs if w.tool == "rate" else s.runs
+    def runs_of(w: Workload) -> int:  # p99 is the noisiest figure: it gets more runs
+        return s.openloop_runs if w.p99_target is not None else s.runs
 
     total = sum(runs_of(w) for w in wanted) * len(proxies)
     done = 0
@@ -285,6 +333,8 @@ def bench(args: argparse.Namespace) -> int:
                     f.write(json.dumps(rec) + "\n")
                 done += 1
                 if rec["ok"]:
+                    if rec.get("sustained") is False:
+                        print(f"  {p.name} did not sustain {rec['offered_rps']:g}/s", flush=True)
                     line = (
                         f"{rec['rps']:9.0f} req/s  {rec['cpu_us_per_req']:7.1f} us CPU/req"
                         f"  p99 {float(rec['p99_us']) / 1000:7.2f} ms"  # type: ignore[arg-type]
@@ -359,6 +409,9 @@ def report(args: argparse.Namespace) -> int:
     skipped = dict(s.split("=", 1) for s in (args.skipped or []))
     present = {r["proxy"] for r in recs}
     proxies = [p for p in PROXY_ORDER if p in present or p in skipped]
+    meta0 = json.loads(args.meta) if args.meta else {}
+    if meta0.get("base"):
+        PROXY_TITLE["dlba-base"] = f"dlba at {meta0['base']}"
     workloads = [w for w in WORKLOADS if any(r["workload"] == w.key for r in recs)]
     meta = json.loads(args.meta) if args.meta else {}
 
@@ -402,40 +455,55 @@ def report(args: argparse.Namespace) -> int:
                 f"| {len(ok)}/{len(runs)} | {per_run} |"
             )
 
-    def ratio(wk: str, metric: str, ref: str) -> float | None:
-        a, b = med.get((wk, "dlba")), med.get((wk, ref))
+    def ratio(wk: str, metric: str, ref: str, of: str = "dlba") -> float | None:
+        a, b = med.get((wk, of)), med.get((wk, ref))
         if not a or not b or a[metric] is None or not b[metric]:
             return None
         return a[metric] / b[metric]  # type: ignore[operator]
 
+    def judged(got: float | None, target: float, what: str) -> str:
+        if got is None:
+            return f"{what}: not measured" + (
+                f" (dlba: {skipped['dlba']})" if "dlba" in skipped else ""
+            )
+        met = round(got, 2) <= target  # judged on the ratio as printed
+        return f"{what} {'MET' if met else 'MISSED'}"
+
+    base = "dlba-base" in present
     lines += [
         "",
         "## dlba against the others",
         "",
-        "| workload | CPU/req dlba/HAProxy | target | CPU/req dlba/nginx "
-        "| p99 dlba/HAProxy | p99 dlba/nginx | verdict |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| workload | CPU/req dlba/HAProxy | target | p99 dlba/HAProxy | target "
+        "| CPU/req dlba/nginx | p99 dlba/nginx "
+        + ("| CPU/req dlba/base " if base else "")
+        + "| verdict |",
+        "| --- " + "| ---: " * (7 if base else 6) + "| --- |",
     ]
     for w in workloads:
         cpu_h, cpu_n = ratio(w.key, "cpu", "haproxy"), ratio(w.key, "cpu", "nginx")
         p99_h, p99_n = ratio(w.key, "p99", "haproxy"), ratio(w.key, "p99", "nginx")
+        verdicts = []
         if w.cpu_target is not None:
-            target, got, what = w.cpu_target, cpu_h, "CPU/req"
-        elif w.p99_target is not None:
-            target, got, what = w.p99_target, p99_h, "p99"
-        else:
-            target, got, what = None, None, ""
-        if target is None:
-            verdict = "no target"
-        elif got is None:
-            verdict = "not measured" + (f" (dlba: {skipped['dlba']})" if "dlba" in skipped else "")
-        else:
-            met = round(got, 2) <= target  # judged on the ratio as printed
-            verdict = f"{what} {'MET' if met else 'MISSED'}"
-        tgt = f"{what} ≤ {target:g}{X}" if target is not None else DASH
+            verdicts.append(judged(cpu_h, w.cpu_target, "CPU/req"))
+        if w.p99_target is not None:
+            verdicts.append(judged(p99_h, w.p99_target, "p99"))
+        unsustained = sorted(
+            {
+                PROXY_TITLE.get(r["proxy"], r["proxy"])
+                for r in recs
+                if r["workload"] == w.key and r.get("ok") and r.get("sustained") is False
+            }
+        )
+        if unsustained:
+            verdicts.append(f"not sustained by {', '.join(unsustained)}")
+        cpu_t = f"≤ {w.cpu_target:g}{X}" if w.cpu_target is not None else DASH
+        p99_t = f"≤ {w.p99_target:g}{X}" if w.p99_target is not None else DASH
+        base_cell = f"| {_fmt(ratio(w.key, 'cpu', 'dlba-base'), '.2f')}{X} " if base else ""
         lines.append(
-            f"| {w.title} | {_fmt(cpu_h, '.2f')}{X} | {tgt} | {_fmt(cpu_n, '.2f')}{X} "
-            f"| {_fmt(p99_h, '.2f')}{X} | {_fmt(p99_n, '.2f')}{X} | {verdict} |"
+            f"| {w.title} | {_fmt(cpu_h, '.2f')}{X} | {cpu_t} | {_fmt(p99_h, '.2f')}{X} "
+            f"| {p99_t} | {_fmt(cpu_n, '.2f')}{X} | {_fmt(p99_n, '.2f')}{X} "
+            f"{base_cell}| {'; '.join(verdicts) or 'no target'} |"
         )
 
     tls = {r["proxy"]: r for r in recs if r["workload"] == "https-new-tls" and r.get("protocol")}
@@ -449,7 +517,7 @@ def report(args: argparse.Namespace) -> int:
             if p in tls:
                 r = tls[p]
                 lines.append(f"- {PROXY_TITLE[p]}: {r['protocol']}, {r['cipher']}, {r['group']}")
-    ol = [r for r in recs if r["workload"] == "openloop-2000" and r.get("ok")]
+    ol = [r for r in recs if r["workload"].startswith("rate-") and r.get("send_lag_p99_us")]
     if ol:
         lags = [r.get("send_lag_p99_us", 0) for r in ol]
         lines += [
@@ -469,7 +537,7 @@ def report(args: argparse.Namespace) -> int:
         lines += [f"- {PROXY_TITLE.get(k, k)}: {v}" for k, v in skipped.items()]
     lines += ["", "## Machine", "", "| | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in machine(args.python)]
-    for k in ("pinning", "load", "dlba code"):
+    for k in ("pinning", "load", "dlba code", "base"):
         if k in meta:
             lines.append(f"| {k} | {meta[k]} |")
     text = "\n".join(lines) + "\n"
@@ -477,6 +545,108 @@ def report(args: argparse.Namespace) -> int:
     if args.md:
         Path(args.md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.md).write_text(text)
+    return 0
+
+
+# ---------------------------------------------------------------- profile
+
+_FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _frame_name(frame: str) -> str:
+    """``fn (path/to/file.py:12)`` as ``fn (file-within-its-package)``, line left out, so
+    the samples of one function add up."""
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip()
+    path = m.group("file")
+    for marker in ("site-packages/", "lib/python3", "/dlba/", "/bench/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker == "lib/python3":
+                path = "stdlib/" + path.split("/", 1)[-1]
+            elif marker == "/dlba/":
+                path = "dlba/" + path
+            break
+    return f"{m.group('fn')} ({path})"
+
+
+def summarise(collapsed: str, top: int = 30) -> str:
+    """The functions with the most samples in py-spy's raw (collapsed-stack) output."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for ln in collapsed.splitlines():
+        stack, _, count_text = ln.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_name(f) for f in stack.split(";") if f.strip()]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for name in set(frames):
+            incl[name] = incl.get(name, 0) + count
+    if not total:
+        return "no samples\n"
+    out = [f"{total} samples", "", "own time (the function itself):"]
+    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {100 * n / total:5.1f}%  {name}")
+    out += ["", "including what it calls:"]
+    for name, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {100 * n / total:5.1f}%  {name}")
+    return "\n".join(out) + "\n"
+
+
+def profile(args: argparse.Namespace) -> int:
+    name, pid, hp, sp = args.proxy.split(":")
+    p = Proxy(name, int(pid), int(hp), int(sp))
+    s = Settings(
+        duration=args.duration,
+        warmup=0,
+        runs=1,
+        openloop_runs=1,
+        wrk_threads=args.wrk_threads,
+        wrk_conns=args.wrk_conns,
+        tls_clients=args.tls_clients,
+        rate=args.rate,
+        rate_conns=args.rate_conns,
+        tls_rate=args.tls_rate,
+        client_cpus=args.client_cpus or None,
+        loadgen=args.loadgen,
+        wrk=args.wrk,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for key in args.workloads.split():
+        w = WORKLOAD_BY_KEY[key]
+        raw = out / f"{name}-{key}.collapsed"
+        spy_cmd = ["py-spy", "record", "--pid", str(p.pid), "--rate", "250", "--nonblocking"]
+        spy_cmd += ["--duration", f"{args.duration + 1:g}", "--format", "raw", "-o", str(raw)]
+        spy = subprocess.Popen(
+            spy_cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)  # py-spy attaches before the load starts
+        rec = measure(w, p, s, args.duration)
+        try:
+            _, err = spy.communicate(timeout=args.duration + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            _, err = spy.communicate()
+        if not raw.exists():
+            print(f"py-spy wrote nothing for {key}: {err.strip()[-300:]}", flush=True)
+            continue
+        head = (
+            f"# py-spy profile of {name} under {key} ({w.title}): "
+            f"{rec.get('rps', 0):.0f} req/s while sampled"
+        )
+        text = head + "\n\n" + summarise(raw.read_text(), args.top)
+        (out / f"{name}-{key}.txt").write_text(text)
+        print(text, flush=True)
     return 0
 
 
@@ -524,12 +694,29 @@ def main() -> int:
     a.add_argument("--wrk-conns", type=int, default=32)
     a.add_argument("--tls-clients", type=int, default=8)
     a.add_argument("--rate", type=float, default=2000)
+    a.add_argument("--tls-rate", type=float, default=200, help="handshakes/s, fixed-rate TLS")
     a.add_argument("--rate-conns", type=int, default=32)
     a.add_argument("--client-cpus", default="", help="taskset -c list for wrk/loadgen; empty: none")
     a.add_argument("--workloads", default="", help="space-separated keys; empty: all")
     a.add_argument("--loadgen", required=True)
     a.add_argument("--wrk", default="wrk")
     a.set_defaults(fn=bench)
+    a = sub.add_parser("profile")
+    a.add_argument("--proxy", required=True, help="NAME:PID:HTTP_PORT:HTTPS_PORT")
+    a.add_argument("--workloads", required=True)
+    a.add_argument("--out", required=True, help="directory for the raw and summary files")
+    a.add_argument("--duration", type=float, default=10)
+    a.add_argument("--top", type=int, default=30)
+    a.add_argument("--wrk-threads", type=int, default=2)
+    a.add_argument("--wrk-conns", type=int, default=64)
+    a.add_argument("--tls-clients", type=int, default=8)
+    a.add_argument("--rate", type=float, default=2000)
+    a.add_argument("--rate-conns", type=int, default=32)
+    a.add_argument("--tls-rate", type=float, default=200)
+    a.add_argument("--client-cpus", default="")
+    a.add_argument("--loadgen", required=True)
+    a.add_argument("--wrk", default="wrk")
+    a.set_defaults(fn=profile)
     a = sub.add_parser("report")
     a.add_argument("results")
     a.add_argument("--skipped", action="append", help="NAME=REASON")

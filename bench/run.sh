@@ -2,8 +2,10 @@
 # dlba proxy benchmark: dlba against HAProxy and nginx, one process / one thread each, in
 # front of one nginx back end, on this machine only (127.0.0.1).  See bench/README.md.
 #
-#   bash bench/run.sh                 # 10 s runs, 3 runs per workload and proxy (~12 min)
-#   QUICK=1 bash bench/run.sh         # 3 s runs: a smoke test (~4 min)
+#   bash bench/run.sh                 # 10 s runs, 3 runs per workload and proxy (~25 min)
+#   QUICK=1 bash bench/run.sh         # 3 s runs: a smoke test (~8 min)
+#   DLBA_BASE=8c0c0b2 PROXIES="haproxy dlba" bash bench/run.sh
+#                                     # also dlba as it was at that commit, in the same run
 #
 # Environment (all optional):
 #   DURATION=10  RUNS=3  WARMUP=1     seconds per measured run, runs, unmeasured warm-up
@@ -12,9 +14,15 @@
 #                                     the machine runs (0: none); p99s are far steadier
 #   PROXIES="haproxy nginx dlba"      which proxies
 #   WORKLOADS="http-ka-100 ..."       which workloads (keys in proxybench.py); default all
-#   WRK_THREADS=1 WRK_CONNS=32        closed-loop load (wrk)
-#   TLS_CLIENTS=8                     concurrent clients in the full-handshake workload
-#   RATE=2000 RATE_CONNS=32           the open-loop workload
+#   WRK_THREADS=2 WRK_CONNS=64        closed-loop load (wrk): enough that dlba is saturated
+#   TLS_CLIENTS=8                     concurrent clients in the full-handshake workloads
+#   RATE=2000 RATE_CONNS=32           the fixed-rate (open-loop) keep-alive workloads
+#   TLS_RATE=200                      handshakes/s in the fixed-rate full-handshake workload
+#   PROFILE="http-ka-100 https-ka-100"
+#                                     after measuring, py-spy samples dlba (and dlba-base)
+#                                     under these workloads; summaries in bench/out/
+#   DLBA_BASE=REV                     also measure dlba at git revision REV (git archive of
+#                                     this repository), as "dlba-base", in the same run
 #   PIN=1                             proxy on CPU 0; back end and load generator on CPU 1
 #   PYTHON=python3 TWISTD=twistd      the interpreter / twistd that run dlba
 #   DLBA_FROM_TREE=1                  run dlba from this work tree (PYTHONPATH), not the
@@ -31,11 +39,14 @@ NICE=${NICE:--10}
 WARMUP=${WARMUP:-1}
 PROXIES=${PROXIES:-"haproxy nginx dlba"}
 WORKLOADS=${WORKLOADS:-}
-WRK_THREADS=${WRK_THREADS:-1}
-WRK_CONNS=${WRK_CONNS:-32}
+WRK_THREADS=${WRK_THREADS:-2}
+WRK_CONNS=${WRK_CONNS:-64}
 TLS_CLIENTS=${TLS_CLIENTS:-8}
 RATE=${RATE:-2000}
 RATE_CONNS=${RATE_CONNS:-32}
+TLS_RATE=${TLS_RATE:-200}
+DLBA_BASE=${DLBA_BASE:-}
+PROFILE=${PROFILE:-}
 PIN=${PIN:-1}
 PYTHON=${PYTHON:-python3}
 TWISTD=${TWISTD:-twistd}
@@ -56,6 +67,9 @@ install_missing() {
     command -v openssl >/dev/null || pkgs+=(openssl)
     command -v curl >/dev/null || pkgs+=(curl)
     command -v taskset >/dev/null || pkgs+=(util-linux)
+    if [[ -n $PROFILE ]] && ! command -v py-spy >/dev/null; then
+        "$PYTHON" -m pip install -q py-spy || log "pip install py-spy failed: no profile"
+    fi
     if ((${#pkgs[@]})); then
         log "installing Debian packages: ${pkgs[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -147,7 +161,7 @@ log "scratch directory $TMP"
 gcc -O2 -Wall -o "$TMP/loadgen" "$HERE/loadgen.c" -lssl -lcrypto -lpthread
 
 read -r P_BACKEND P_HA_HTTP P_HA_HTTPS P_NG_HTTP P_NG_HTTPS P_DL_HTTP P_DL_HTTPS \
-    < <("$PYTHON" "$HERE/proxybench.py" freeports 7)
+    P_DB_HTTP P_DB_HTTPS < <("$PYTHON" "$HERE/proxybench.py" freeports 9)
 
 # ECDSA P-256, self-signed; certificate and key in one PEM, shared by all three proxies.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
@@ -155,7 +169,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
     -keyout "$TMP/ecdsa.key" -out "$TMP/ecdsa.crt" 2>/dev/null
 cat "$TMP/ecdsa.crt" "$TMP/ecdsa.key" > "$TMP/ecdsa.pem"
 
-mkdir -p "$TMP/www" "$TMP/backend" "$TMP/nginx-proxy" "$TMP/dlba-state"
+mkdir -p "$TMP/www" "$TMP/backend" "$TMP/nginx-proxy" "$TMP/dlba-state" "$TMP/dlba-base-state"
 head -c 100 /dev/urandom | base64 -w0 | head -c 100 > "$TMP/www/100"
 head -c 16384 /dev/urandom | base64 -w0 | head -c 16384 > "$TMP/www/16k"
 
@@ -299,26 +313,21 @@ EOF
     start nginx "${PROXY_CPUS[@]}" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
 }
 
-DLBA_ENV=()
-DLBA_REASON=""
-if [[ $DLBA_FROM_TREE == 1 ]]; then
-    DLBA_ENV=(env "PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}")
-fi
-
-start_dlba() { # returns 1, the reason in DLBA_REASON, when dlba cannot run yet
-    local err
-    if ! err=$("${DLBA_ENV[@]}" "$PYTHON" -c 'import dlba.tap' 2>&1); then
+start_dlba() { # NAME SRC HTTP_PORT HTTPS_PORT; returns 1, the reason in DLBA_REASON, when dlba cannot run
+    local name=$1 src=$2 http=$3 https=$4 err env=()
+    [[ -n $src ]] && env=(env "PYTHONPATH=$src${PYTHONPATH:+:$PYTHONPATH}")
+    if ! err=$("${env[@]}" "$PYTHON" -c 'import dlba.tap' 2>&1); then
         DLBA_REASON="dlba.tap does not import yet (the twistd dlba CLI is being built): ${err##*$'\n'}"
         return 1
     fi
-    cat > "$TMP/dlba.toml" <<EOF
+    cat > "$TMP/$name.toml" <<EOF
 [node]
 number = 1
-state_dir = "$TMP/dlba-state"
+state_dir = "$TMP/$name-state"
 
 [listen]
-http = "tcp:$P_DL_HTTP:interface=127.0.0.1"
-https = "tcp:$P_DL_HTTPS:interface=127.0.0.1"
+http = "tcp:$http:interface=127.0.0.1"
+https = "tcp:$https:interface=127.0.0.1"
 
 [tls]
 certificates = ["$TMP/ecdsa.pem"]
@@ -337,8 +346,22 @@ backend_keepalive = true
 number = 1
 address = "127.0.0.1:$P_BACKEND"
 EOF
-    start dlba "${DLBA_ENV[@]}" "${PROXY_CPUS[@]}" "$TWISTD" -n --pidfile= dlba --config "$TMP/dlba.toml"
+    start "$name" "${env[@]}" "${PROXY_CPUS[@]}" "$TWISTD" -n --pidfile= dlba --config "$TMP/$name.toml"
 }
+
+DLBA_REASON=""
+DLBA_SRC=""
+[[ $DLBA_FROM_TREE == 1 ]] && DLBA_SRC=$REPO
+BASE_SRC=""
+BASE_CODE=""
+if [[ -n $DLBA_BASE ]]; then
+    BASE_CODE=$(git -C "$REPO" rev-parse --short "$DLBA_BASE^{commit}") \
+        || die "DLBA_BASE=$DLBA_BASE is not a commit of $REPO"
+    BASE_SRC=$TMP/base
+    mkdir -p "$BASE_SRC"
+    git -C "$REPO" archive "$BASE_CODE" | tar -x -C "$BASE_SRC"
+    PROXIES+=" dlba-base"
+fi
 
 SKIPPED=()
 BENCH_PROXIES=()
@@ -346,29 +369,33 @@ for proxy in $PROXIES; do
     case $proxy in
         haproxy) start_haproxy; ports=("$P_HA_HTTP" "$P_HA_HTTPS") ;;
         nginx) start_nginx; ports=("$P_NG_HTTP" "$P_NG_HTTPS") ;;
-        dlba)
-            if ! start_dlba; then
-                log "dlba skipped: $DLBA_REASON"
-                SKIPPED+=(--skipped "dlba=$DLBA_REASON")
+        dlba | dlba-base)
+            if [[ $proxy == dlba ]]; then
+                ports=("$P_DL_HTTP" "$P_DL_HTTPS") src=$DLBA_SRC
+            else
+                ports=("$P_DB_HTTP" "$P_DB_HTTPS") src=$BASE_SRC
+            fi
+            if ! start_dlba "$proxy" "$src" "${ports[@]}"; then
+                log "$proxy skipped: $DLBA_REASON"
+                SKIPPED+=(--skipped "$proxy=$DLBA_REASON")
                 continue
             fi
-            ports=("$P_DL_HTTP" "$P_DL_HTTPS")
             ;;
-        *) die "unknown proxy '$proxy' (haproxy, nginx, dlba)" ;;
+        *) die "unknown proxy '$proxy' (haproxy, nginx, dlba; DLBA_BASE adds dlba-base)" ;;
     esac
     pid=${PID_OF[$proxy]}
     if ! wait_http "http://127.0.0.1:${ports[0]}/100" 30 "$pid" \
         || ! wait_http "https://127.0.0.1:${ports[1]}/100" 10 "$pid"; then
         reason="did not come up on 127.0.0.1:${ports[0]}/${ports[1]}: $(tail -3 "$TMP/$proxy.log" | tr '\n' ' ')"
-        [[ $proxy == dlba ]] || die "$proxy $reason"
-        log "dlba skipped: $reason"
-        SKIPPED+=(--skipped "dlba=$reason")
+        [[ $proxy == dlba* ]] || die "$proxy $reason"
+        log "$proxy skipped: $reason"
+        SKIPPED+=(--skipped "$proxy=$reason")
         continue
     fi
     if ! reason=$(check_proxy "$proxy" "${ports[@]}"); then
-        [[ $proxy == dlba ]] || die "$proxy: $reason"
-        log "dlba skipped: $reason"
-        SKIPPED+=(--skipped "dlba=$reason")
+        [[ $proxy == dlba* ]] || die "$proxy: $reason"
+        log "$proxy skipped: $reason"
+        SKIPPED+=(--skipped "$proxy=$reason")
         continue
     fi
     log "$proxy on 127.0.0.1:${ports[0]} (http) and :${ports[1]} (https), pid $pid"
@@ -382,7 +409,7 @@ log "measuring: ${DURATION}s runs × $RUNS, warm-up ${WARMUP}s; $PINNING"
 foreground "$PYTHON" "$HERE/proxybench.py" bench --out "$TMP/results.jsonl" "${BENCH_PROXIES[@]}" \
     --duration "$DURATION" --runs "$RUNS" --openloop-runs "$OL_RUNS" --warmup "$WARMUP" \
     --wrk-threads "$WRK_THREADS" --wrk-conns "$WRK_CONNS" --tls-clients "$TLS_CLIENTS" \
-    --rate "$RATE" --rate-conns "$RATE_CONNS" --client-cpus "$CLIENT_CPUS" \
+    --rate "$RATE" --rate-conns "$RATE_CONNS" --tls-rate "$TLS_RATE" --client-cpus "$CLIENT_CPUS" \
     --loadgen "$TMP/loadgen" ${WORKLOADS:+--workloads "$WORKLOADS"}
 
 # ------------------------------------------------------------------ 6. report
@@ -390,12 +417,25 @@ foreground "$PYTHON" "$HERE/proxybench.py" bench --out "$TMP/results.jsonl" "${B
 STAMP=$(date +%Y%m%d-%H%M%S)
 mkdir -p "$HERE/out"
 cp "$TMP/results.jsonl" "$HERE/out/$STAMP.jsonl"
-SETUP="Closed loop: wrk -t$WRK_THREADS -c$WRK_CONNS --latency. Full handshakes: bench/loadgen tlsnew, $TLS_CLIENTS clients, one request per new TLS connection, never resumed. Open loop: bench/loadgen rate, $RATE req/s over $RATE_CONNS connections, latency from the scheduled send time. CPU/request: proxy utime+stime from /proc/PID/stat over the run ÷ requests completed."
+SETUP="Saturated (closed loop): wrk -t$WRK_THREADS -c$WRK_CONNS --latency. Full handshakes: bench/loadgen tlsnew, $TLS_CLIENTS clients, one request per new TLS connection, never resumed (fixed rate: paced at $TLS_RATE/s). Fixed rate (open loop): bench/loadgen rate, $RATE req/s over $RATE_CONNS keep-alive connections (HTTPS: -s, handshakes before the schedule starts), latency from the scheduled send time. CPU/request: proxy utime+stime from /proc/PID/stat over the run ÷ requests completed."
 DLBA_CODE="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
 git -C "$REPO" diff --quiet HEAD -- dlba 2>/dev/null || DLBA_CODE+=" + uncommitted changes in dlba/"
 [[ $DLBA_FROM_TREE == 1 ]] || DLBA_CODE="the installed copy"
-META=$("$PYTHON" -c 'import json, sys; print(json.dumps(dict(zip(["runs", "openloop_runs", "duration", "warmup", "setup", "pinning", "load", "dlba code"], sys.argv[1:]))))' \
-    "$RUNS" "$OL_RUNS" "$DURATION" "$WARMUP" "$SETUP" "$PINNING" "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" "$DLBA_CODE")
+META=$("$PYTHON" -c 'import json, sys; print(json.dumps({k: v for k, v in zip(["runs", "openloop_runs", "duration", "warmup", "setup", "pinning", "load", "dlba code", "base"], sys.argv[1:]) if v}))' \
+    "$RUNS" "$OL_RUNS" "$DURATION" "$WARMUP" "$SETUP" "$PINNING" "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" "$DLBA_CODE" "$BASE_CODE")
 "$PYTHON" "$HERE/proxybench.py" report "$TMP/results.jsonl" "${SKIPPED[@]}" \
     --md "$HERE/out/$STAMP.md" --meta "$META" --python "$PYTHON"
 log "written: bench/out/$STAMP.md (and the raw runs in bench/out/$STAMP.jsonl)"
+
+if [[ -n $PROFILE ]]; then
+    for spec in "${BENCH_PROXIES[@]}"; do
+        [[ $spec == dlba* ]] || continue # the --proxy flags and their values alternate
+        log "profiling ${spec%%:*} under: $PROFILE"
+        foreground "$PYTHON" "$HERE/proxybench.py" profile --proxy "$spec" --workloads "$PROFILE" \
+            --out "$HERE/out/$STAMP-profile" --duration "$DURATION" \
+            --wrk-threads "$WRK_THREADS" --wrk-conns "$WRK_CONNS" --tls-clients "$TLS_CLIENTS" \
+            --rate "$RATE" --rate-conns "$RATE_CONNS" --tls-rate "$TLS_RATE" \
+            --client-cpus "$CLIENT_CPUS" --loadgen "$TMP/loadgen"
+    done
+    log "profiles: bench/out/$STAMP-profile/"
+fi

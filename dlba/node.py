@@ -42,6 +42,11 @@ class NodeService(MultiService):
         super().setServiceParent(parent)
 
     def startService(self) -> None:
+        log.info(
+            "node {node} starting on the {reactor} reactor",
+            node=self.config.node.number,
+            reactor=type(self.reactor).__name__,
+        )
         super().startService()
         for svc in self._listeners():
             waiting = getattr(svc, "_waitingForPort", None)

@@ -132,6 +132,11 @@ class Router:
         self.pools = list(pools)
         self.rules = list(rules)
         self.default = self.pools[0]
+        # Asked on every finished request; a router is rebuilt when its pools change.
+        self._pools_with: dict[int, list[Pool]] = {}
+        for pool in self.pools:
+            for number in dict.fromkeys(b.number for b in pool.backends):
+                self._pools_with.setdefault(number, []).append(pool)
 
     def route(self, request: RequestView) -> Pool:
         for rule in self.rules:
@@ -140,7 +145,7 @@ class Router:
         return self.default
 
     def pools_with(self, number: int) -> list[Pool]:
-        return [p for p in self.pools if any(b.number == number for b in p.backends)]
+        return self._pools_with.get(number, [])
 
     def pool_named(self, name: str) -> Pool:
         for pool in self.pools:

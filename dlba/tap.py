@@ -81,9 +81,9 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
-        from twisted.internet import reactor as _reactor
+        from dlba.proxy.reactor import node_reactor
 
-        reactor = _reactor
+        reactor = node_reactor()
     from dlba.node import make_node_service
 
     config = options.config

@@ -8,6 +8,7 @@ parser may accept but a strict proxy must not pass on.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Removed before a message is forwarded, whatever Connection says (RFC 9110 §7.6.1).
@@ -47,6 +48,7 @@ class RequestRejected(Exception):
         self.reason = reason
 
 
+@functools.lru_cache(maxsize=1024)  # a site sees few Host values; the regex is not cheap
 def valid_host(value: bytes) -> bool:
     """Host header syntax (RFC 9110 §7.2); the empty value is allowed by RFC 9112 §3.2."""
     return _HOST_RE.match(value) is not None and (

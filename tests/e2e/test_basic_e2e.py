@@ -43,6 +43,17 @@ class BasicTests(E2ETestCase):
             stats = await b.stats()
             self.assertIn(stats["requests"], (1, 2))
 
+    async def test_node_runs_on_the_lean_reactor(self) -> None:
+        """twistd without --reactor runs a node on dlba's LeanEPollReactor, and it serves."""
+        dlba = await self.start([self.backend("b1")])
+        result = await self.curl("-i", f"http://127.0.0.1:{dlba.http}/lean")
+        self.assertEqual(result.code, 0, result.text)
+        (response,) = curl_responses(result.out)
+        self.assertEqual(response.status, 200)
+        node_events = [e for e in dlba.events if e.get("log_namespace") == "dlba.node"]
+        reactors = [e["reactor"] for e in node_events if "reactor" in e]
+        self.assertEqual(reactors, ["LeanEPollReactor"])
+
     async def test_keepalive_client_each_request_scheduled(self) -> None:
         """Three URLs on one curl command line share one client connection, yet go to
         three different back ends (each request is scheduled on its own)."""
