@@ -21,6 +21,8 @@
 #   PROFILE="http-ka-100 https-ka-100"
 #                                     after measuring, py-spy samples dlba (and dlba-base)
 #                                     under these workloads; summaries in bench/out/
+#   DLBA_REV=REV                      measure dlba as it is at git revision REV, not the
+#                                     work tree (with DLBA_BASE: compare two commits)
 #   DLBA_BASE=REV                     also measure dlba at git revision REV (git archive of
 #                                     this repository), as "dlba-base", in the same run
 #   PIN=1                             proxy on CPU 0; back end and load generator on CPU 1
@@ -46,6 +48,7 @@ RATE=${RATE:-2000}
 RATE_CONNS=${RATE_CONNS:-32}
 TLS_RATE=${TLS_RATE:-200}
 DLBA_BASE=${DLBA_BASE:-}
+DLBA_REV=${DLBA_REV:-}
 PROFILE=${PROFILE:-}
 PIN=${PIN:-1}
 PYTHON=${PYTHON:-python3}
@@ -352,6 +355,13 @@ EOF
 DLBA_REASON=""
 DLBA_SRC=""
 [[ $DLBA_FROM_TREE == 1 ]] && DLBA_SRC=$REPO
+if [[ -n $DLBA_REV ]]; then
+    DLBA_REV=$(git -C "$REPO" rev-parse --short "$DLBA_REV^{commit}") \
+        || die "DLBA_REV=$DLBA_REV is not a commit of $REPO"
+    DLBA_SRC=$TMP/current
+    mkdir -p "$DLBA_SRC"
+    git -C "$REPO" archive "$DLBA_REV" | tar -x -C "$DLBA_SRC"
+fi
 BASE_SRC=""
 BASE_CODE=""
 if [[ -n $DLBA_BASE ]]; then
@@ -421,6 +431,7 @@ SETUP="Saturated (closed loop): wrk -t$WRK_THREADS -c$WRK_CONNS --latency. Full 
 DLBA_CODE="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
 git -C "$REPO" diff --quiet HEAD -- dlba 2>/dev/null || DLBA_CODE+=" + uncommitted changes in dlba/"
 [[ $DLBA_FROM_TREE == 1 ]] || DLBA_CODE="the installed copy"
+[[ -n $DLBA_REV ]] && DLBA_CODE=$DLBA_REV
 META=$("$PYTHON" -c 'import json, sys; print(json.dumps({k: v for k, v in zip(["runs", "openloop_runs", "duration", "warmup", "setup", "pinning", "load", "dlba code", "base"], sys.argv[1:]) if v}))' \
     "$RUNS" "$OL_RUNS" "$DURATION" "$WARMUP" "$SETUP" "$PINNING" "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" "$DLBA_CODE" "$BASE_CODE")
 "$PYTHON" "$HERE/proxybench.py" report "$TMP/results.jsonl" "${SKIPPED[@]}" \

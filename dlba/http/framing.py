@@ -14,6 +14,17 @@ class Framing(enum.IntEnum):
     UNTIL_CLOSE = 3  # answers only: the body ends when the back end closes
 
 
+# The members again as module names, for the per-request code: looking a member up on the
+# enum class costs ~100 ns in CPython 3.11 (the metaclass's attribute path), a global ~20,
+# and a request compares a dozen times.
+NONE, LENGTH, CHUNKED, UNTIL_CLOSE = (
+    Framing.NONE,
+    Framing.LENGTH,
+    Framing.CHUNKED,
+    Framing.UNTIL_CLOSE,
+)
+
+
 def chunk(data: bytes) -> bytes:
     """``data`` as one chunk of the chunked coding."""
     return b"%x\r\n%s\r\n" % (len(data), data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlba.http.cookies import forwarded_cookies
-from dlba.http.framing import Framing
+from dlba.http.framing import CHUNKED, LENGTH, NONE, Framing
 from dlba.http.rules import (
     RequestRejected,
     check_version,
@@ -128,6 +128,7 @@ class Request:
 
     method: bytes
     version: bytes  # b"1.0" or b"1.1", as the client spoke
+    http11: bool  # version == b"1.1", asked several times per request
     target: bytes  # origin-form (or "*"), as forwarded
     host: bytes | None  # Host, or the authority of an absolute-form target
     headers: list[tuple[bytes, bytes]]  # forwarded headers, names as sent
@@ -142,10 +143,6 @@ class Request:
     referer: bytes | None
     user_agent: bytes | None
     url: bytes  # the request-target as the client sent it (for the access log)
-
-    @property
-    def http11(self) -> bool:
-        return self.version == b"1.1"
 
     @property
     def request_line(self) -> bytes:
@@ -185,25 +182,25 @@ def accept_request(
         raise RequestRejected(400, "invalid Host header")
     if authority is not None:
         host = authority
-    body = Framing.NONE
+    body = NONE
     length: int | None = None
     if head.te is not None:
         if not http11:
             raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
         if head.te.strip().lower() != b"chunked":
             raise RequestRejected(501, "transfer coding other than chunked")
-        body = Framing.CHUNKED
+        body = CHUNKED
     elif head.length is not None:
         length = int(head.length)  # llhttp has checked it is digits, and only one
         if length > max_body_bytes:
             raise RequestRejected(413, "Content-Length over max_body_bytes")
         if length:
-            body = Framing.LENGTH
+            body = LENGTH
     expect_continue = False
     if head.expect is not None and http11:
         if head.expect.strip().lower() != b"100-continue":
             raise RequestRejected(417, "unknown expectation")
-        expect_continue = body != Framing.NONE
+        expect_continue = body != NONE
     upgrade: bytes | None = None
     if (
         head.upgrade is not None
@@ -225,6 +222,7 @@ def accept_request(
     return Request(
         method=method,
         version=b"1.1" if http11 else b"1.0",
+        http11=http11,
         target=target,
         host=host,
         headers=headers,
@@ -264,7 +262,7 @@ def forward_head(request: Request, client_ip: str, secure: bool, close: bool) ->
         out.append(b"Forwarded: for=%s;proto=%s\r\n" % (fwd_for, proto))
     out.append(VIA)
     body = request.body
-    if body == Framing.CHUNKED:
+    if body == CHUNKED:
         out.append(b"Transfer-Encoding: chunked\r\n")
     elif request.length:
         out.append(b"Content-Length: %d\r\n" % request.length)

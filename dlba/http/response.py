@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from dlba.http.framing import Framing
+from dlba.http.framing import CHUNKED, LENGTH, NONE, UNTIL_CLOSE, Framing
 from dlba.http.request import VIA
 from dlba.http.responses import REASONS
 from dlba.http.rules import HOP_BY_HOP, comma_tokens
@@ -75,12 +75,12 @@ class ResponseHead:
 def answer_framing(head: ResponseHead, code: int, head_request: bool) -> Framing:
     """How the body of an answer is delimited (RFC 9112 §6.3)."""
     if head_request or code in (204, 304) or code == 101:
-        return Framing.NONE
+        return NONE
     if head.chunked:
-        return Framing.CHUNKED
+        return CHUNKED
     if head.length is not None:
-        return Framing.LENGTH
-    return Framing.UNTIL_CLOSE
+        return LENGTH
+    return UNTIL_CLOSE
 
 
 def keepalive_timeout(value: bytes) -> float | None:
@@ -151,10 +151,10 @@ def client_head(
     out = _status_and_headers(code, reason, headers, added)
     keep = keep_alive
     chunk_out = False
-    if framing == Framing.LENGTH:
+    if framing == LENGTH:
         assert length is not None
         out.append(b"Content-Length: %s\r\n" % length)
-    elif framing == Framing.NONE:
+    elif framing == NONE:
         if length is not None and (head_request or code == 304):
             out.append(b"Content-Length: %s\r\n" % length)
     elif http11:

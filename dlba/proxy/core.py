@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 
 from dlba.config import LimitsSection
+from dlba.http.request import Request
 from dlba.proxy.accesslog import AccessLog
 from dlba.proxy.connections import ConnectionPool
 from dlba.proxy.deadlines import DeadlineSweeper
@@ -83,19 +84,16 @@ class ProxyCore:
             if number == backend.number:
                 pool.trim(backend.limit)
 
-    def log_access(
-        self,
-        client: str,
-        request_line: bytes,
-        status: int,
-        sent: int,
-        referer: bytes | None,
-        user_agent: bytes | None,
-    ) -> None:
-        if self.access_log is not None:
-            self.access_log.log(
-                self.clock.seconds(), client, request_line, status, sent, referer, user_agent
-            )
+    def log_access(self, client: str, request: Request | None, status: int, sent: int) -> None:
+        """One access-log line; ``request`` None for a head too broken to name."""
+        access_log = self.access_log
+        if access_log is None:
+            return  # the line is not even formatted: this runs for every request
+        if request is None:
+            line, referer, user_agent = b"-", None, None
+        else:
+            line, referer, user_agent = request.request_line, request.referer, request.user_agent
+        access_log.log(self.clock.seconds(), client, line, status, sent, referer, user_agent)
 
     # -- life cycle ---------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dlba.config import LimitsSection
-from dlba.http.framing import Framing
+from dlba.http.framing import CHUNKED, NONE
 from dlba.http.request import RequestHead, accept_request
 from dlba.http.responses import error_response
 from dlba.http.rules import RequestRejected
@@ -66,7 +66,7 @@ class FrontProtocol(Protocol):
         self.parser: Any = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.reading: Exchange | None = None  # whose body the parser is in
-        self.paused = Pause(0)
+        self.paused = 0  # Pause bits
         self.client_full = False
         self.gone = False
         self.broken = False
@@ -137,14 +137,14 @@ class FrontProtocol(Protocol):
         """Between requests: nothing asked, nothing being read, no tunnel."""
         return not self.queue and self.tunnel is None and not self._in_head
 
-    def pause_reading(self, why: Pause) -> None:
+    def pause_reading(self, why: int) -> None:
         if not self.paused:
             self._paused_at = self.core.clock.seconds()
             if not self.gone:
                 self.transport.pauseProducing()
         self.paused |= why
 
-    def resume_reading(self, why: Pause) -> None:
+    def resume_reading(self, why: int) -> None:
         if self.paused & why:
             self.paused &= ~why
             if not self.paused:
@@ -277,7 +277,7 @@ class FrontProtocol(Protocol):
         answer = error_response(status, close=True)
         self.transport.write(answer)
         body = len(answer) - answer.index(b"\r\n\r\n") - 4
-        self.core.log_access(self.client_ip, b"-", status, body, None, None)
+        self.core.log_access(self.client_ip, None, status, body)
         self.close()
 
     # -- httptools callbacks ------------------------------------------------------------------
@@ -320,7 +320,7 @@ class FrontProtocol(Protocol):
         )
         now = core.clock.seconds()
         ex = Exchange(self, core, request)
-        has_body = request.body != Framing.NONE
+        has_body = request.body != NONE
         self.reading = ex if has_body else None
         if has_body:
             self._body_started = now
@@ -337,7 +337,7 @@ class FrontProtocol(Protocol):
         if ex is None:
             return
         self._body_seen += len(data)
-        if ex.request.body == Framing.CHUNKED and self._body_seen > self.limits.max_body_bytes:
+        if ex.request.body == CHUNKED and self._body_seen > self.limits.max_body_bytes:
             raise RequestRejected(413, "chunked body over max_body_bytes")
         limits = self.limits
         self.deadline = body_deadline(
@@ -368,15 +368,7 @@ class FrontProtocol(Protocol):
             self.queue.remove(ex)
         if self.reading is ex:
             self.reading = None
-        request = ex.request
-        core.log_access(
-            self.client_ip,
-            request.request_line,
-            ex.status,
-            ex.sent_bytes,
-            request.referer,
-            request.user_agent,
-        )
+        core.log_access(self.client_ip, ex.request, ex.status, ex.sent_bytes)
         if self.gone:
             return
         if ex.close_after or (core.draining and not self.queue):
@@ -403,10 +395,7 @@ class FrontProtocol(Protocol):
         now = core.clock.seconds()
         conn.start_tunnel(self.limits.idle_timeout, now)
         self.deadline = now + self.limits.idle_timeout
-        request = ex.request
-        core.log_access(
-            self.client_ip, request.request_line, 101, 0, request.referer, request.user_agent
-        )
+        core.log_access(self.client_ip, ex.request, 101, 0)
         if ex.tunnel_buf:
             conn.write(b"".join(ex.tunnel_buf))
         ex.tunnel_buf = None

@@ -15,7 +15,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 
-from dlba.http.framing import Framing
+from dlba.http.framing import UNTIL_CLOSE, Framing
 from dlba.http.response import ResponseHead, answer_framing
 from dlba.proxy.deadlines import NEVER, DeadlineSweeper
 from dlba.proxy.tcp import no_delay
@@ -289,7 +289,7 @@ class BackendConnection(TwistedProtocol):
         head.final = True
         framing = answer_framing(head, code, user.head_request)
         if code != 101:
-            if not self.parser.should_keep_alive() or framing == Framing.UNTIL_CLOSE:
+            if not self.parser.should_keep_alive() or framing == UNTIL_CLOSE:
                 self.reusable = False
             elif head.keepalive_hint is not None:
                 self.pool.learn_keepalive_hint(head.keepalive_hint)
