@@ -137,7 +137,7 @@ def connect_tcp(
     reactor: Any,
     host: str,
     port: int,
-    factory: ClientFactory,
+    factory: ClientFactory[Any],
     timeout: float = 30.0,
     bindAddress: tuple[str, int] | None = None,
 ) -> IConnector:
