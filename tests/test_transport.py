@@ -35,6 +35,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from dlba.certs import make_cert
+from dlba.config import parse
+from dlba.proxy.service import make_proxy_service
 from dlba.proxy.transport import (
     WriteThroughClient,
     WriteThroughPort,
@@ -44,6 +46,7 @@ from dlba.proxy.transport import (
     listen_endpoint,
     listen_tcp,
 )
+from dlba.routing import backend_table, build_router
 from dlba.tls import ServerTLSContextFactory, wrap_tls
 
 reactor: Any = _reactor
@@ -57,7 +60,7 @@ class Recorder(Protocol):
         self.received = 0
         self.made: Deferred[Recorder] = Deferred()
         self.lost: Deferred[BaseException] = Deferred()  # the reason's exception
-        self._waiting: list[tuple[int, Deferred[bytes]]] = []
+        self._waiting: list[tuple[Callable[[bytes], bool], Deferred[bytes]]] = []
 
     @property
     def data(self) -> bytes:
@@ -69,10 +72,13 @@ class Recorder(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.chunks.append(data)
         self.received += len(data)
-        ready = [w for w in self._waiting if self.received >= w[0]]
-        self._waiting = [w for w in self._waiting if self.received < w[0]]
-        for _, d in ready:
-            d.callback(self.data)
+        whole = self.data
+        waiting, self._waiting = self._waiting, []
+        for done, d in waiting:
+            if done(whole):
+                d.callback(whole)
+            else:
+                self._waiting.append((done, d))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         for _, d in self._waiting:
@@ -80,13 +86,17 @@ class Recorder(Protocol):
         self._waiting = []
         self.lost.callback(cast(BaseException, reason.value))
 
-    def when_received(self, size: int) -> Deferred[bytes]:
+    def until(self, done: Callable[[bytes], bool]) -> Deferred[bytes]:
+        """Fires with all that arrived once ``done`` of it holds."""
         d: Deferred[bytes] = Deferred()
-        if self.received >= size:
+        if done(self.data):
             d.callback(self.data)
         else:
-            self._waiting.append((size, d))
+            self._waiting.append((done, d))
         return d
+
+    def when_received(self, size: int) -> Deferred[bytes]:
+        return self.until(lambda data: len(data) >= size)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -528,3 +538,63 @@ class MemoryReactorTests(SynchronousTestCase):
         self.assertIsInstance(endpoint, TCP4ServerEndpoint)
         self.successResultOf(endpoint.listen(Factory()))
         self.assertEqual(memory.tcpServers[0][0], 8080)
+
+
+class Answer(Protocol):
+    """A back end: one fixed keep-alive answer per request."""
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        for _ in range(data.count(b"\r\n\r\n")):
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+class ProxyWiringTests(TestCase):
+    """The proxy's listener and its back-end connections are write-through ones."""
+
+    timeout = 30
+
+    async def test_proxy_connections_write_through(self) -> None:
+        backend = reactor.listenTCP(0, Factory.forProtocol(Answer), interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        http = "tcp:0:interface=127.0.0.1"
+        text = (
+            f'[listen]\nhttp = "{http}"\n'
+            '[[pool]]\nname = "a"\n'
+            f'[[pool.backend]]\nnumber = 1\naddress = "127.0.0.1:{backend.getHost().port}"\n'
+        )
+        config = parse(text, "wiring.toml")
+        table = backend_table(config)
+        proxy = make_proxy_service(
+            config, table, build_router(config, table), reactor, listen={"http": http}
+        )
+        proxy.startService()
+        self.addCleanup(proxy.stopService)
+        ports: list[IListeningPort] = []
+
+        def keep(port: IListeningPort) -> IListeningPort:
+            ports.append(port)
+            return port  # not successResultOf: stopService needs the port too
+
+        proxy.getServiceNamed("http")._waitingForPort.addCallback(keep)
+        (listening,) = ports
+        self.assertIsInstance(listening, WriteThroughPort)
+        client = Recorder()
+        port = cast(Any, listening.getHost()).port
+        connect_tcp(reactor, "127.0.0.1", port, Connecting(client), 5)
+        await client.made
+        self.addCleanup(cast(Any, client.transport).loseConnection)
+        request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        for n in (1, 2):  # the second over the kept-alive back-end connection
+            cast(Any, client.transport).write(request)
+
+            def answered(data: bytes, n: int = n) -> bool:
+                return data.count(b"\r\n\r\nok") == n
+
+            await client.until(answered)
+        (front,) = proxy.core.connections
+        self.assertIsInstance(cast(Any, front).transport, WriteThroughServer)
+        (pool,) = proxy.core.upstreams.values()
+        (conn,) = pool.all
+        self.assertIsInstance(conn.transport, WriteThroughClient)
+        self.assertEqual(pool.reused, 1)
