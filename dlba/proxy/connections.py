@@ -7,6 +7,7 @@ from twisted.python.failure import Failure
 
 from dlba.http.response import keepalive_timeout
 from dlba.proxy.deadlines import DeadlineSweeper
+from dlba.proxy.transport import connect_tcp
 from dlba.proxy.upstream import BackendConnection, ConnectFactory, UpstreamUser
 from dlba.tables import BackendState
 
@@ -55,11 +56,12 @@ class ConnectionPool:
 
     def connect(self, user: UpstreamUser) -> None:
         """A new connection for ``user``, whatever is idle."""
-        self.reactor.connectTCP(
+        connect_tcp(
+            self.reactor,
             self.backend.host,
             self.backend.port,
             ConnectFactory(self, user),
-            timeout=self.connect_timeout,  # type: ignore[arg-type]
+            timeout=self.connect_timeout,
         )
 
     def connected(self, conn: BackendConnection, user: UpstreamUser) -> None:

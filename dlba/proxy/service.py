@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -15,6 +15,7 @@ from dlba.loading import FeedbackController, Target
 from dlba.proxy.accesslog import AccessLog
 from dlba.proxy.core import ProxyCore
 from dlba.proxy.front import ProxyFactory
+from dlba.proxy.transport import listen_endpoint
 from dlba.routing import Router
 from dlba.tables import BackendState, BackendStatusTable
 
@@ -126,7 +127,10 @@ def make_proxy_service(
         factory: Any = ProxyFactory(core, name == "https", limits.max_client_connections)
         if name == "https":
             factory = tls_wrap(factory)
-        svc = strports.service(description, factory, reactor=reactor)
+        # strports.service, but with connections that write through; under https the
+        # TLS layer sits on the factory, so its ciphertext writes through as well.
+        svc = StreamServerEndpointService(listen_endpoint(reactor, description), factory)
+        svc._raiseSynchronously = True  # as strports: a port in use fails startService
         svc.setName(name)
         svc.setServiceParent(proxy)
     return proxy
