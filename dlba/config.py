@@ -142,6 +142,39 @@ class RuleConfig:
 
 
 @dataclass(frozen=True)
+class Placeholders:
+    """The paths that may hold ``{number}``, as written in the file (made absolute)."""
+
+    state_dir: str
+    node_certificate: str | None
+    access_log: str | None
+
+    @classmethod
+    def of(cls, config: Config) -> Placeholders:
+        """``config``'s templates, or for a hand-built one whatever placeholders it holds."""
+        if config.placeholders is not None:
+            return config.placeholders
+        return cls(config.node.state_dir, config.tls.node_certificate, config.log.access_log)
+
+    def fill(self, config: Config) -> Config:
+        """``config`` with these templates substituted for its node number, and kept."""
+        number = config.node.number
+        cert = self.node_certificate
+        log = self.access_log
+        return dataclasses.replace(
+            config,
+            node=dataclasses.replace(config.node, state_dir=_fill(self.state_dir, number)),
+            tls=dataclasses.replace(
+                config.tls, node_certificate=None if cert is None else _fill(cert, number)
+            ),
+            log=dataclasses.replace(
+                config.log, access_log=None if log is None else _fill(log, number)
+            ),
+            placeholders=self,
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     node: NodeSection = field(default_factory=NodeSection)
@@ -153,6 +186,11 @@ class Config:
     persistence: PersistenceSection = field(default_factory=PersistenceSection)
     pools: tuple[PoolConfig, ...] = ()
     rules: tuple[RuleConfig, ...] = ()
+    # The paths as the file wrote them, before {number} was substituted: what with_node
+    # substitutes again.  None for a Config built by hand.  Not compared, not shown: two
+    # configs that resolve to the same values are equal whatever their templates.
+    # dataclasses.replace keeps them: replacing one of those paths, pass placeholders=None.
+    placeholders: Placeholders | None = field(default=None, compare=False, repr=False)
 
     def node_ip(self) -> str | None:
         """This node's own ip from [[array.node]], where listeners bind by default."""
@@ -221,19 +259,8 @@ def with_node(config: Config, number: int) -> Config:
     substituted again for the new number.
     """
     _check_node_override(config.path, number, config.array.nodes)
-    templates = getattr(config, _TEMPLATES_ATTR, None)
-    if not isinstance(templates, _Templates):
-        # A Config built by hand (tests, demo): whatever placeholders it still holds.
-        templates = _Templates(
-            config.node.state_dir, config.tls.node_certificate, config.log.access_log
-        )
-    return _with_templates(
-        dataclasses.replace(
-            config,
-            node=dataclasses.replace(config.node, number=number),
-        ),
-        templates,
-    )
+    renumbered = dataclasses.replace(config, node=dataclasses.replace(config.node, number=number))
+    return Placeholders.of(config).fill(renumbered)
 
 
 # --- finding the line of a key ---------------------------------------------------------------
@@ -471,38 +498,10 @@ def _host_port(text: str) -> tuple[str, int] | str:
 
 
 # --- {number} placeholders -------------------------------------------------------------------
-#
-# The contract forbids new fields for bookkeeping, so parse() hangs the unsubstituted paths on
-# the Config instance itself; with_node() needs them to substitute a different number.
-
-_TEMPLATES_ATTR: Final = "_dlba_templates"
-
-
-@dataclass(frozen=True)
-class _Templates:
-    state_dir: str
-    node_certificate: str | None
-    access_log: str | None
 
 
 def _fill(template: str, number: int) -> str:
     return template.replace("{number}", str(number))
-
-
-def _with_templates(config: Config, templates: _Templates) -> Config:
-    number = config.node.number
-    cert = templates.node_certificate
-    log = templates.access_log
-    filled = dataclasses.replace(
-        config,
-        node=dataclasses.replace(config.node, state_dir=_fill(templates.state_dir, number)),
-        tls=dataclasses.replace(
-            config.tls, node_certificate=None if cert is None else _fill(cert, number)
-        ),
-        log=dataclasses.replace(config.log, access_log=None if log is None else _fill(log, number)),
-    )
-    object.__setattr__(filled, _TEMPLATES_ATTR, templates)
-    return filled
 
 
 def _check_node_override(path: str, number: object, nodes: tuple[ArrayNode, ...]) -> None:
@@ -906,8 +905,7 @@ class _Checker:
             pools=pools,
             rules=rules,
         )
-        templates = _Templates(node.state_dir, tls.node_certificate, log.access_log)
-        return _with_templates(config, templates)
+        return Placeholders(node.state_dir, tls.node_certificate, log.access_log).fill(config)
 
     def node(self, d: dict[str, object]) -> NodeSection:
         w: _Path = ("node",)

@@ -406,6 +406,30 @@ class NodeOverrideTests(ErrorAssertions):
         config = with_node(parse("", "x.toml"), 9)
         self.assertEqual(config.node.number, 9)
 
+    def test_with_node_substitutes_every_placeholder(self) -> None:
+        """state_dir, node_certificate and access_log of a parsed config follow the new
+        number; the templates are a real field, not an attribute hung on the frozen Config."""
+        text = self.TEXT.replace(
+            "[tls]", '[log]\naccess_log = "/l/access-{number}.log"\n[tls]'
+        ).replace("number = 1\n[log]", 'number = 1\nstate_dir = "/s/node{number}"\n[log]')
+        config = parse(text, "x.toml")
+        self.assertEqual(
+            (config.node.state_dir, config.tls.node_certificate, config.log.access_log),
+            ("/s/node1", "/t/node1.pem", "/l/access-1.log"),
+        )
+        third = with_node(config, 3)
+        self.assertEqual(
+            (third.node.state_dir, third.tls.node_certificate, third.log.access_log),
+            ("/s/node3", "/t/node3.pem", "/l/access-3.log"),
+        )
+        self.assertEqual(third.placeholders, config.placeholders)
+        assert third.placeholders is not None
+        self.assertEqual(third.placeholders.state_dir, "/s/node{number}")
+        self.assertEqual(set(vars(third)), {f.name for f in dataclasses.fields(Config)})
+        # Back to node 1: equal to what parse gave, templates or not.
+        self.assertEqual(with_node(third, 1), config)
+        self.assertEqual(dataclasses.replace(config, placeholders=None), config)
+
     def test_with_node_on_a_hand_built_config(self) -> None:
         config = Config(path="x", tls=TLSSection(node_certificate="/t/n{number}.pem"))
         self.assertEqual(with_node(config, 5).tls.node_certificate, "/t/n5.pem")
