@@ -49,6 +49,9 @@ class TLSSection:
     ca: str | None = None
     node_certificate: str | None = None
     admin_certificate: str | None = None
+    # Strict-Transport-Security sent on HTTPS answers, normalised ("max-age=N[;
+    # includeSubDomains][; preload]"); None: off.
+    hsts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -468,6 +471,57 @@ _MAC: Final = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}
 _LABEL: Final = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME: Final = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 _UNESCAPED_COLON: Final = re.compile(r"(?<!\\):")
+
+
+_HSTS_EXAMPLE: Final = '"max-age=31536000; includeSubDomains"'
+_HSTS_HINT: Final = (
+    f"e.g. hsts = {_HSTS_EXAMPLE}: max-age in seconds, then"
+    ' "; includeSubDomains" and "; preload" if wanted; leave the key out to send none'
+)
+_HSTS_FLAGS: Final = {"includesubdomains": "includeSubDomains", "preload": "preload"}
+
+
+def _hsts(text: str) -> str | tuple[str, str]:
+    """The Strict-Transport-Security value ``text`` means, else (problem, hint)."""
+    max_age: int | None = None
+    flags: set[str] = set()
+    for part in text.split(";"):
+        name, equals, value = (s.strip() for s in part.partition("="))
+        directive = name.lower()
+        if not name:
+            if equals or value:
+                return "a directive without a name", _HSTS_HINT
+            continue  # empty directives between semicolons are allowed (RFC 6797 §6.1)
+        if directive in flags or (directive == "max-age" and max_age is not None):
+            return f"{name} is given twice", f"give each directive once; {_HSTS_HINT}"
+        if directive == "max-age":
+            if len(value) > 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]  # RFC 6797 allows the quoted-string form
+            if not value.isascii() or not value.isdigit():
+                shown = json.dumps(value) if equals else "nothing"
+                return (
+                    f"max-age is {shown}, not a whole number of seconds",
+                    'in seconds, e.g. hsts = "max-age=31536000" (a year);'
+                    " max-age=0 tells browsers to forget the policy",
+                )
+            max_age = int(value)
+        elif directive in _HSTS_FLAGS:
+            if equals:
+                return f"{_HSTS_FLAGS[directive]} takes no value", _HSTS_HINT
+            flags.add(directive)
+        else:
+            close = _closest(directive, ["max-age", *_HSTS_FLAGS])
+            return (
+                f"unknown directive {json.dumps(name)}",
+                f"did you mean {_HSTS_FLAGS.get(close, close)}? {_HSTS_HINT}"
+                if close
+                else _HSTS_HINT,
+            )
+    if max_age is None:
+        return "max-age is missing", _HSTS_HINT
+    return "; ".join(
+        [f"max-age={max_age}", *(spelt for key, spelt in _HSTS_FLAGS.items() if key in flags)]
+    )
 
 
 def _host_port(text: str) -> tuple[str, int] | str:
@@ -945,7 +999,23 @@ class _Checker:
         for key in ("ca", "node_certificate", "admin_certificate"):
             value = self.optional_text(d, w, key, '"tls/file.pem"')
             paths[key] = None if value is None else self.file_path(value)
-        return TLSSection(certificates=tuple(self.file_path(c) for c in certificates), **paths)
+        return TLSSection(
+            certificates=tuple(self.file_path(c) for c in certificates),
+            hsts=self.hsts(d, w),
+            **paths,
+        )
+
+    def hsts(self, d: dict[str, object], w: _Path) -> str | None:
+        """``[tls] hsts``: RFC 6797's max-age and its two flags, written back the usual way."""
+        if "hsts" not in d:
+            return None
+        value = self.text(d, w, "hsts", _REQUIRED, _HSTS_EXAMPLE, allow_empty=True)
+        found = _hsts(value) if value.strip() else ("is empty", _HSTS_HINT)
+        if isinstance(found, tuple):
+            problem, hint = found
+            shown = f"{json.dumps(value)}: {problem}" if value.strip() else problem
+            self.fail((*w, "hsts"), shown, hint)
+        return found
 
     def limits(self, d: dict[str, object]) -> LimitsSection:
         w: _Path = ("limits",)

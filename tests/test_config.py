@@ -341,6 +341,79 @@ class LogTests(ErrorAssertions):
         )
 
 
+class HSTSTests(ErrorAssertions):
+    def hsts(self, value: str) -> str | None:
+        return self.parses(f"[tls]\nhsts = {value}\n").tls.hsts
+
+    def test_off_by_default(self) -> None:
+        self.assertIsNone(self.parses("").tls.hsts)
+        self.assertIsNone(self.parses('[tls]\ncertificates = ["a.pem"]\n').tls.hsts)
+
+    def test_good_values_are_sent_the_usual_way(self) -> None:
+        for value, sent in [
+            ('"max-age=31536000"', "max-age=31536000"),
+            ('"max-age=0"', "max-age=0"),
+            ('"max-age=300; includeSubDomains"', "max-age=300; includeSubDomains"),
+            ('"max-age=300; preload"', "max-age=300; preload"),
+            (
+                '"MAX-AGE = 63072000 ;includesubdomains;PRELOAD"',
+                "max-age=63072000; includeSubDomains; preload",
+            ),
+            (
+                '" preload ; max-age=10 ; includeSubDomains ; "',
+                "max-age=10; includeSubDomains; preload",
+            ),
+            ("'max-age=\"600\"'", "max-age=600"),  # RFC 6797's quoted form
+        ]:
+            self.assertEqual(self.hsts(value), sent, value)
+
+    def test_bad_values(self) -> None:
+        for value, problem in [
+            ('"includeSubDomains"', "max-age is missing"),
+            ('"max-age"', "max-age is nothing"),
+            ('"max-age="', 'max-age is ""'),
+            ('"max-age=-1"', 'max-age is "-1"'),
+            ('"max-age=1.5"', 'max-age is "1.5"'),
+            ('"max-age=a year"', 'max-age is "a year"'),
+            ('"max-age=1; max-age=2"', "max-age is given twice"),
+            ('"max-age=1; preload; PRELOAD"', "PRELOAD is given twice"),
+            ('"max-age=1; preload=yes"', "preload takes no value"),
+            ('"max-age=1; includeSubDomains=1"', "includeSubDomains takes no value"),
+            ('"max-age=1, includeSubDomains"', 'max-age is "1, includeSubDomains"'),
+            ('"max-age=1; =2"', "a directive without a name"),
+            ('"max-age=1; report-uri=x"', 'unknown directive "report-uri"'),
+            ('""', "is empty"),
+            ('"  "', "is empty"),
+        ]:
+            error = self.assertConfigError(
+                f"[tls]\ncertificates = []\nhsts = {value}  # <--\n", "tls.hsts", "hsts = "
+            )
+            self.assertIn(problem, error.problem, value)
+
+    def test_near_miss_is_named(self) -> None:
+        error = self.assertConfigError(
+            '[tls]\nhsts = "max-age=1; includeSubDomain"  # <--\n',
+            "tls.hsts",
+            "did you mean includeSubDomains?",
+        )
+        self.assertEqual(
+            str(error).split(" (")[0],
+            'dlba.toml:2: tls.hsts: "max-age=1; includeSubDomain": unknown directive'
+            ' "includeSubDomain"',
+        )
+
+    def test_annotated_example_value_parses(self) -> None:
+        text = (Path(__file__).parent.parent / "etc" / "dlba.toml").read_text()
+        [line] = [x for x in text.splitlines() if x.startswith("# hsts = ")]
+        self.assertEqual(self.parses(f"[tls]\n{line[2:]}\n").tls.hsts, line[10:-1])
+
+    def test_must_be_a_string(self) -> None:
+        self.assertConfigError(
+            "[tls]\nhsts = 31536000  # <--\n", "tls.hsts", 'hsts = "max-age=31536000'
+        )
+        self.assertConfigError("[tls]\nhsts = true  # <--\n", "tls.hsts")
+
+
 class PathTests(TemporaryFiles):
     def test_relative_paths_resolve_against_config_directory(self) -> None:
         directory = self.temporary_directory()

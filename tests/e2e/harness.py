@@ -412,6 +412,7 @@ def dlba_config(
     pools: Sequence[PoolSpec],
     *,
     certificates: Sequence[str] = (),
+    tls: dict[str, object] | None = None,
     limits: dict[str, object] | None = None,
     access_log: str = "",
     http: bool = True,
@@ -430,7 +431,7 @@ def dlba_config(
     lines = toml_table("[node]", {"number": 1, "state_dir": state_dir})
     lines += toml_table("[listen]", listen)
     if https:
-        lines += toml_table("[tls]", {"certificates": list(certificates)})
+        lines += toml_table("[tls]", {"certificates": list(certificates), **(tls or {})})
     if limits:
         lines += toml_table("[limits]", limits)
     lines += toml_table("[log]", {"access_log": access_log})
@@ -850,6 +851,7 @@ class E2ETestCase(TestCase):
         pool: dict[str, object] | None = None,
         limits: dict[str, object] | None = None,
         certificates: Sequence[str] | None = None,
+        tls: dict[str, object] | None = None,
         access_log: str = "",
         https: bool = True,
         status: bool = False,
@@ -858,8 +860,9 @@ class E2ETestCase(TestCase):
     ) -> Dlba:
         """Write a config, start dlba, wait until it and the back ends serve.
 
-        ``status``: the status daemon listens too; ``persistence``: the [persistence]
-        table; ``rules``: [[rule]] tables, in order."""
+        ``status``: the status daemon listens too; ``tls``: more [tls] keys than the
+        certificates; ``persistence``: the [persistence] table; ``rules``: [[rule]]
+        tables, in order."""
         if pools is None:
             pools = [PoolSpec(list(backends or []), options=dict(pool or {}))]
         if https and certificates is None:
@@ -868,6 +871,7 @@ class E2ETestCase(TestCase):
             self.dir,
             pools,
             certificates=certificates or (),
+            tls=tls,
             limits=limits,
             access_log=access_log,
             https=https,

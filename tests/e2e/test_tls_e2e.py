@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from tests.e2e.harness import E2ETestCase, ProcessResult, curl_responses
+from tests.e2e.harness import E2ETestCase, ProcessResult, curl_responses, request
 
 # s_client sends this; its stdin is closed (so it ends the session) once the whole answer
 # is on its stdout, by then with any TLS 1.3 tickets, which come before application data.
@@ -111,3 +111,36 @@ class TLSTests(E2ETestCase):
         self.assertEqual(version, b"1.1")
         (response,) = curl_responses(out)
         self.assertEqual(response.status, 200)
+
+
+class HSTSTests(E2ETestCase):
+    """``[tls] hsts``: HTTPS answers carry Strict-Transport-Security, plain HTTP ones do
+    not, and a back end's own value is passed on as it is, not doubled or replaced."""
+
+    async def test_hsts_on_https_answers_only(self) -> None:
+        b1 = self.backend("b1")
+        # Written loosely on purpose: dlba sends the usual spelling.
+        node = await self.start([b1], tls={"hsts": "max-age=31536000 ;includesubdomains"})
+        sent = "max-age=31536000; includeSubDomains"
+
+        response, _ = await self.exchange(node.https, request("/"), tls=True)
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.headers_named("Strict-Transport-Security"), [sent])
+
+        response, _ = await self.exchange(node.http, request("/"))
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.headers_named("Strict-Transport-Security"), [])
+
+        own = request("/setcookie?sts=max-age%3D60")
+        response, _ = await self.exchange(node.https, own, tls=True)
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.headers_named("Strict-Transport-Security"), ["max-age=60"])
+
+        # dlba's own answers: 502 for a broken back-end answer, 400 for a broken request.
+        for target, status in [("/garbage", 502), ("/bad\x01", 400)]:
+            response, _ = await self.exchange(node.https, request(target), tls=True)
+            self.assertEqual(response.status, status, response)
+            self.assertEqual(response.headers_named("Strict-Transport-Security"), [sent])
+            response, _ = await self.exchange(node.http, request(target))
+            self.assertEqual(response.status, status, response)
+            self.assertEqual(response.headers_named("Strict-Transport-Security"), [])
