@@ -131,6 +131,10 @@ class PoolConfig:
     target: str = "latency"
     queue_limit: int = 1024
     queue_timeout: float = 5.0
+    # New client connections are refused once the queue holds this fraction of queue_limit
+    # (0: never), and accepted again once it has fallen to accept_connections_at of it.
+    refuse_connections_at: float = 0.75
+    accept_connections_at: float = 0.375
     backend_keepalive: bool = True
     hash_query: bool = False  # url-hash: hash the query string with the path
 
@@ -1221,6 +1225,7 @@ class _Checker:
                 )
             seen[backend.number] = position
             backends.append(backend)
+        refuse_at, accept_at = self.admission(d, w, default)
         return PoolConfig(
             name=name,
             backends=tuple(backends),
@@ -1239,9 +1244,55 @@ class _Checker:
                 d, w, "queue_limit", default.queue_limit, 0, "requests waiting (0 = no queue)"
             ),
             queue_timeout=self.number(d, w, "queue_timeout", default.queue_timeout),
+            refuse_connections_at=refuse_at,
+            accept_connections_at=accept_at,
             backend_keepalive=self.flag(d, w, "backend_keepalive", default.backend_keepalive),
             hash_query=self.flag(d, w, "hash_query", default.hash_query),
         )
+
+    def admission(self, d: dict[str, object], w: _Path, default: PoolConfig) -> tuple[float, float]:
+        """``refuse_connections_at`` and ``accept_connections_at``, fractions of queue_limit."""
+        refuse_key, accept_key = "refuse_connections_at", "accept_connections_at"
+        refuse_at = self.fraction(
+            d,
+            w,
+            refuse_key,
+            default.refuse_connections_at,
+            "a fraction of queue_limit from 0 to 1, e.g. 0.75; 0 never refuses connections",
+        )
+        accept_at = self.fraction(
+            d,
+            w,
+            accept_key,
+            default.accept_connections_at,
+            f"a fraction of queue_limit from 0 to 1, below {refuse_key}, e.g. 0.375",
+        )
+        if refuse_at and accept_at >= refuse_at:
+            half = _toml(round(refuse_at / 2, 4))
+            if accept_key in d:
+                self.fail(
+                    (*w, accept_key),
+                    f"must be below {refuse_key} ({_toml(refuse_at)}), not {_toml(accept_at)}",
+                    f"connections are accepted again once the queue is shorter than when they"
+                    f" were refused: e.g. {accept_key} = {half}",
+                    (*w, refuse_key),
+                )
+            self.fail(
+                (*w, refuse_key),
+                f"must be above {accept_key} ({_toml(accept_at)}, its default),"
+                f" not {_toml(refuse_at)}",
+                f"add {accept_key} = {half} too, or write {refuse_key} = 0 never to refuse"
+                " connections",
+            )
+        return refuse_at, accept_at
+
+    def fraction(
+        self, data: Mapping[str, object], where: _Path, key: str, default: float, meaning: str
+    ) -> float:
+        value = self.number(data, where, key, default, meaning, allow_zero=True)
+        if value > 1:
+            self.fail((*where, key), f"must be at most 1, not {_show(data[key])}", meaning)
+        return value
 
     def backend(self, d: dict[str, object], w: _Path) -> BackendConfig:
         self.known(d, w, _BACKEND_KEYS)

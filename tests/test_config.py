@@ -1087,6 +1087,61 @@ class PoolTests(ErrorAssertions):
             "pool[1].queue_limit",
         )
 
+    def pool_with(self, lines: str) -> str:
+        return BASE.replace('name = "app"', 'name = "app"\nqueue_limit = 100\n' + lines)
+
+    def test_admission_thresholds(self) -> None:
+        pool = self.parses(BASE).pools[0]
+        self.assertEqual((pool.refuse_connections_at, pool.accept_connections_at), (0.75, 0.375))
+        for lines, expected in [
+            ("refuse_connections_at = 0.5\naccept_connections_at = 0.25", (0.5, 0.25)),
+            ("refuse_connections_at = 1\naccept_connections_at = 0", (1.0, 0.0)),
+            ("refuse_connections_at = 0", (0.0, 0.375)),  # never refuse connections
+            ("refuse_connections_at = 0\naccept_connections_at = 0.9", (0.0, 0.9)),
+            ("accept_connections_at = 0.5", (0.75, 0.5)),
+        ]:
+            pool = self.parses(self.pool_with(lines)).pools[0]
+            self.assertEqual(
+                (pool.refuse_connections_at, pool.accept_connections_at), expected, lines
+            )
+
+    def test_admission_thresholds_reach_the_router(self) -> None:
+        from dlba.routing import backend_table, build_router
+
+        config = self.parses(
+            self.pool_with("refuse_connections_at = 0.5\naccept_connections_at = 0.1")
+        )
+        admission = build_router(config, backend_table(config)).pools[0].admission
+        self.assertEqual((admission.high, admission.low), (50, 10))
+        config = self.parses(self.pool_with("refuse_connections_at = 0"))
+        admission = build_router(config, backend_table(config)).pools[0].admission
+        self.assertTrue(admission.accept_connections(100))
+
+    def test_admission_threshold_errors(self) -> None:
+        key = "pool[1].refuse_connections_at"
+        self.assertConfigError(self.pool_with("refuse_connections_at = 1.5  # <--"), key, "0 to 1")
+        self.assertConfigError(self.pool_with("refuse_connections_at = -0.5  # <--"), key, "0 to 1")
+        self.assertConfigError(
+            self.pool_with('refuse_connections_at = "0.5"  # <--'), key, "remove the quotes"
+        )
+        error = self.assertConfigError(
+            self.pool_with("refuse_connections_at = 0.25  # <--"),
+            key,
+            "add accept_connections_at = 0.125",
+        )
+        self.assertIn("above accept_connections_at (0.375, its default)", error.problem)
+        key = "pool[1].accept_connections_at"
+        self.assertConfigError(self.pool_with("accept_connections_at = 2  # <--"), key, "0 to 1")
+        error = self.assertConfigError(
+            self.pool_with("refuse_connections_at = 0.5\naccept_connections_at = 0.5  # <--"),
+            key,
+            "accept_connections_at = 0.25",
+        )
+        self.assertEqual(error.problem, "must be below refuse_connections_at (0.5), not 0.5")
+        self.assertConfigError(
+            self.pool_with("accept_connections_at = 0.8  # <--"), key, "e.g. accept_connections_at"
+        )
+
     def test_pool_without_backends(self) -> None:
         self.assertConfigError(
             BASE + '[[pool]]  # <--\nname = "empty"\n', "pool[2].backend", "add a [[pool.backend]]"
