@@ -176,6 +176,12 @@ def _new_context(path: str, key: _ServerKey, chain: list[x509.Certificate]) -> S
     context.set_max_proto_version(SSL.TLS1_3_VERSION)
     options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
     options |= getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+    # A client that closes without close_notify (browsers and scanners often just send
+    # FIN or RST) is an ordinary end of the connection, as TLS 1.1 and later allow
+    # (RFC 5246 §7.2.1), not a fatal error. Without this OpenSSL 3 fails the read and
+    # drops the session from the cache, so TLS 1.2 clients that resume by session id
+    # (no tickets) never could. HTTP framing, not the TLS close, tells a whole request.
+    options |= getattr(SSL, "OP_IGNORE_UNEXPECTED_EOF", 0)
     context.set_options(options)
     # Frees idle connections' read/write buffers: memory per open client matters
     # more than the small cost of reallocating them.

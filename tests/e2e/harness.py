@@ -193,6 +193,7 @@ class Child(ProcessProtocol):
         self._partial = b""
         self.result: ProcessResult | None = None
         self.ended = Waiters()
+        self.printed = Waiters()  # poked on every chunk of stdout
         self.pid: int | None = None
 
     def connectionMade(self) -> None:
@@ -205,6 +206,7 @@ class Child(ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         self.out.append(data)
+        self.printed.poke()
         if self.close_stdin_when is not None and self.close_stdin_when(b"".join(self.out)):
             self.close_stdin_when = None
             assert self.transport is not None
@@ -225,10 +227,19 @@ class Child(ProcessProtocol):
             code, sig = value.exitCode, value.signal
         self.result = ProcessResult(b"".join(self.out), b"".join(self.err), code, sig)
         self.ended.poke(final=f"{self.name} ended")
+        self.printed.poke(final=f"{self.name} ended")
 
     @property
     def running(self) -> bool:
         return self.result is None
+
+    def when_printed(self, check: Callable[[bytes], bool], what: str) -> Deferred[bool]:
+        """Until ``check`` holds for the stdout so far (failing if the child ends first)."""
+        return within(
+            self.printed.add(lambda: True if check(b"".join(self.out)) else None, what),
+            CLIENT_DEADLINE,
+            lambda: f"{what}; {self.name} printed {b''.join(self.out)[-500:]!r}",
+        )
 
     def when_ended(self, seconds: float) -> Deferred[ProcessResult]:
         return within(
