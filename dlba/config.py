@@ -49,6 +49,9 @@ class TLSSection:
     ca: str | None = None
     node_certificate: str | None = None
     admin_certificate: str | None = None
+    # Strict-Transport-Security sent on HTTPS answers, normalised ("max-age=N[;
+    # includeSubDomains][; preload]"); None: off.
+    hsts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class PoolConfig:
     target: str = "latency"
     queue_limit: int = 1024
     queue_timeout: float = 5.0
+    # New client connections are refused once the queue holds this fraction of queue_limit
+    # (0: never), and accepted again once it has fallen to accept_connections_at of it.
+    refuse_connections_at: float = 0.75
+    accept_connections_at: float = 0.375
     backend_keepalive: bool = True
     hash_query: bool = False  # url-hash: hash the query string with the path
 
@@ -142,6 +149,39 @@ class RuleConfig:
 
 
 @dataclass(frozen=True)
+class Placeholders:
+    """The paths that may hold ``{number}``, as written in the file (made absolute)."""
+
+    state_dir: str
+    node_certificate: str | None
+    access_log: str | None
+
+    @classmethod
+    def of(cls, config: Config) -> Placeholders:
+        """``config``'s templates, or for a hand-built one whatever placeholders it holds."""
+        if config.placeholders is not None:
+            return config.placeholders
+        return cls(config.node.state_dir, config.tls.node_certificate, config.log.access_log)
+
+    def fill(self, config: Config) -> Config:
+        """``config`` with these templates substituted for its node number, and kept."""
+        number = config.node.number
+        cert = self.node_certificate
+        log = self.access_log
+        return dataclasses.replace(
+            config,
+            node=dataclasses.replace(config.node, state_dir=_fill(self.state_dir, number)),
+            tls=dataclasses.replace(
+                config.tls, node_certificate=None if cert is None else _fill(cert, number)
+            ),
+            log=dataclasses.replace(
+                config.log, access_log=None if log is None else _fill(log, number)
+            ),
+            placeholders=self,
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     node: NodeSection = field(default_factory=NodeSection)
@@ -153,6 +193,11 @@ class Config:
     persistence: PersistenceSection = field(default_factory=PersistenceSection)
     pools: tuple[PoolConfig, ...] = ()
     rules: tuple[RuleConfig, ...] = ()
+    # The paths as the file wrote them, before {number} was substituted: what with_node
+    # substitutes again.  None for a Config built by hand.  Not compared, not shown: two
+    # configs that resolve to the same values are equal whatever their templates.
+    # dataclasses.replace keeps them: replacing one of those paths, pass placeholders=None.
+    placeholders: Placeholders | None = field(default=None, compare=False, repr=False)
 
     def node_ip(self) -> str | None:
         """This node's own ip from [[array.node]], where listeners bind by default."""
@@ -221,19 +266,8 @@ def with_node(config: Config, number: int) -> Config:
     substituted again for the new number.
     """
     _check_node_override(config.path, number, config.array.nodes)
-    templates = getattr(config, _TEMPLATES_ATTR, None)
-    if not isinstance(templates, _Templates):
-        # A Config built by hand (tests, demo): whatever placeholders it still holds.
-        templates = _Templates(
-            config.node.state_dir, config.tls.node_certificate, config.log.access_log
-        )
-    return _with_templates(
-        dataclasses.replace(
-            config,
-            node=dataclasses.replace(config.node, number=number),
-        ),
-        templates,
-    )
+    renumbered = dataclasses.replace(config, node=dataclasses.replace(config.node, number=number))
+    return Placeholders.of(config).fill(renumbered)
 
 
 # --- finding the line of a key ---------------------------------------------------------------
@@ -443,6 +477,57 @@ _HOSTNAME: Final = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 _UNESCAPED_COLON: Final = re.compile(r"(?<!\\):")
 
 
+_HSTS_EXAMPLE: Final = '"max-age=31536000; includeSubDomains"'
+_HSTS_HINT: Final = (
+    f"e.g. hsts = {_HSTS_EXAMPLE}: max-age in seconds, then"
+    ' "; includeSubDomains" and "; preload" if wanted; leave the key out to send none'
+)
+_HSTS_FLAGS: Final = {"includesubdomains": "includeSubDomains", "preload": "preload"}
+
+
+def _hsts(text: str) -> str | tuple[str, str]:
+    """The Strict-Transport-Security value ``text`` means, else (problem, hint)."""
+    max_age: int | None = None
+    flags: set[str] = set()
+    for part in text.split(";"):
+        name, equals, value = (s.strip() for s in part.partition("="))
+        directive = name.lower()
+        if not name:
+            if equals or value:
+                return "a directive without a name", _HSTS_HINT
+            continue  # empty directives between semicolons are allowed (RFC 6797 §6.1)
+        if directive in flags or (directive == "max-age" and max_age is not None):
+            return f"{name} is given twice", f"give each directive once; {_HSTS_HINT}"
+        if directive == "max-age":
+            if len(value) > 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]  # RFC 6797 allows the quoted-string form
+            if not value.isascii() or not value.isdigit():
+                shown = json.dumps(value) if equals else "nothing"
+                return (
+                    f"max-age is {shown}, not a whole number of seconds",
+                    'in seconds, e.g. hsts = "max-age=31536000" (a year);'
+                    " max-age=0 tells browsers to forget the policy",
+                )
+            max_age = int(value)
+        elif directive in _HSTS_FLAGS:
+            if equals:
+                return f"{_HSTS_FLAGS[directive]} takes no value", _HSTS_HINT
+            flags.add(directive)
+        else:
+            close = _closest(directive, ["max-age", *_HSTS_FLAGS])
+            return (
+                f"unknown directive {json.dumps(name)}",
+                f"did you mean {_HSTS_FLAGS.get(close, close)}? {_HSTS_HINT}"
+                if close
+                else _HSTS_HINT,
+            )
+    if max_age is None:
+        return "max-age is missing", _HSTS_HINT
+    return "; ".join(
+        [f"max-age={max_age}", *(spelt for key, spelt in _HSTS_FLAGS.items() if key in flags)]
+    )
+
+
 def _host_port(text: str) -> tuple[str, int] | str:
     """``(host, port)`` from "host:port" or "[v6]:port", else what is wrong with it."""
     bracketed = re.fullmatch(r"\[([^\]]*)\]:([^:]*)", text)
@@ -471,38 +556,10 @@ def _host_port(text: str) -> tuple[str, int] | str:
 
 
 # --- {number} placeholders -------------------------------------------------------------------
-#
-# The contract forbids new fields for bookkeeping, so parse() hangs the unsubstituted paths on
-# the Config instance itself; with_node() needs them to substitute a different number.
-
-_TEMPLATES_ATTR: Final = "_dlba_templates"
-
-
-@dataclass(frozen=True)
-class _Templates:
-    state_dir: str
-    node_certificate: str | None
-    access_log: str | None
 
 
 def _fill(template: str, number: int) -> str:
     return template.replace("{number}", str(number))
-
-
-def _with_templates(config: Config, templates: _Templates) -> Config:
-    number = config.node.number
-    cert = templates.node_certificate
-    log = templates.access_log
-    filled = dataclasses.replace(
-        config,
-        node=dataclasses.replace(config.node, state_dir=_fill(templates.state_dir, number)),
-        tls=dataclasses.replace(
-            config.tls, node_certificate=None if cert is None else _fill(cert, number)
-        ),
-        log=dataclasses.replace(config.log, access_log=None if log is None else _fill(log, number)),
-    )
-    object.__setattr__(filled, _TEMPLATES_ATTR, templates)
-    return filled
 
 
 def _check_node_override(path: str, number: object, nodes: tuple[ArrayNode, ...]) -> None:
@@ -906,8 +963,7 @@ class _Checker:
             pools=pools,
             rules=rules,
         )
-        templates = _Templates(node.state_dir, tls.node_certificate, log.access_log)
-        return _with_templates(config, templates)
+        return Placeholders(node.state_dir, tls.node_certificate, log.access_log).fill(config)
 
     def node(self, d: dict[str, object]) -> NodeSection:
         w: _Path = ("node",)
@@ -947,7 +1003,23 @@ class _Checker:
         for key in ("ca", "node_certificate", "admin_certificate"):
             value = self.optional_text(d, w, key, '"tls/file.pem"')
             paths[key] = None if value is None else self.file_path(value)
-        return TLSSection(certificates=tuple(self.file_path(c) for c in certificates), **paths)
+        return TLSSection(
+            certificates=tuple(self.file_path(c) for c in certificates),
+            hsts=self.hsts(d, w),
+            **paths,
+        )
+
+    def hsts(self, d: dict[str, object], w: _Path) -> str | None:
+        """``[tls] hsts``: RFC 6797's max-age and its two flags, written back the usual way."""
+        if "hsts" not in d:
+            return None
+        value = self.text(d, w, "hsts", _REQUIRED, _HSTS_EXAMPLE, allow_empty=True)
+        found = _hsts(value) if value.strip() else ("is empty", _HSTS_HINT)
+        if isinstance(found, tuple):
+            problem, hint = found
+            shown = f"{json.dumps(value)}: {problem}" if value.strip() else problem
+            self.fail((*w, "hsts"), shown, hint)
+        return found
 
     def limits(self, d: dict[str, object]) -> LimitsSection:
         w: _Path = ("limits",)
@@ -1153,6 +1225,7 @@ class _Checker:
                 )
             seen[backend.number] = position
             backends.append(backend)
+        refuse_at, accept_at = self.admission(d, w, default)
         return PoolConfig(
             name=name,
             backends=tuple(backends),
@@ -1171,9 +1244,55 @@ class _Checker:
                 d, w, "queue_limit", default.queue_limit, 0, "requests waiting (0 = no queue)"
             ),
             queue_timeout=self.number(d, w, "queue_timeout", default.queue_timeout),
+            refuse_connections_at=refuse_at,
+            accept_connections_at=accept_at,
             backend_keepalive=self.flag(d, w, "backend_keepalive", default.backend_keepalive),
             hash_query=self.flag(d, w, "hash_query", default.hash_query),
         )
+
+    def admission(self, d: dict[str, object], w: _Path, default: PoolConfig) -> tuple[float, float]:
+        """``refuse_connections_at`` and ``accept_connections_at``, fractions of queue_limit."""
+        refuse_key, accept_key = "refuse_connections_at", "accept_connections_at"
+        refuse_at = self.fraction(
+            d,
+            w,
+            refuse_key,
+            default.refuse_connections_at,
+            "a fraction of queue_limit from 0 to 1, e.g. 0.75; 0 never refuses connections",
+        )
+        accept_at = self.fraction(
+            d,
+            w,
+            accept_key,
+            default.accept_connections_at,
+            f"a fraction of queue_limit from 0 to 1, below {refuse_key}, e.g. 0.375",
+        )
+        if refuse_at and accept_at >= refuse_at:
+            half = _toml(round(refuse_at / 2, 4))
+            if accept_key in d:
+                self.fail(
+                    (*w, accept_key),
+                    f"must be below {refuse_key} ({_toml(refuse_at)}), not {_toml(accept_at)}",
+                    f"connections are accepted again once the queue is shorter than when they"
+                    f" were refused: e.g. {accept_key} = {half}",
+                    (*w, refuse_key),
+                )
+            self.fail(
+                (*w, refuse_key),
+                f"must be above {accept_key} ({_toml(accept_at)}, its default),"
+                f" not {_toml(refuse_at)}",
+                f"add {accept_key} = {half} too, or write {refuse_key} = 0 never to refuse"
+                " connections",
+            )
+        return refuse_at, accept_at
+
+    def fraction(
+        self, data: Mapping[str, object], where: _Path, key: str, default: float, meaning: str
+    ) -> float:
+        value = self.number(data, where, key, default, meaning, allow_zero=True)
+        if value > 1:
+            self.fail((*where, key), f"must be at most 1, not {_show(data[key])}", meaning)
+        return value
 
     def backend(self, d: dict[str, object], w: _Path) -> BackendConfig:
         self.known(d, w, _BACKEND_KEYS)

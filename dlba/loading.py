@@ -298,23 +298,33 @@ class Admission:
     """Whether to queue one more request, and whether to accept new client connections.
 
     A request that must wait is refused (503) once ``queue_limit`` requests wait. New client
-    connections are refused from the moment the queue holds ``threshold``·queue_limit
-    requests until it has fallen to ``resume`` times that, so refusing does not flap: the
-    clients already admitted are served first ([0037]) and the rest of the queue is room
-    for the requests they send meanwhile. With ``queue_limit = 0`` nothing waits and
-    connections are always accepted (requests over the limit are refused instead).
+    connections are refused from the moment the queue holds ``refuse_at``·queue_limit
+    requests (at least one) until it has fallen to ``accept_at``·queue_limit, so refusing
+    does not flap: the clients already admitted are served first ([0037]) and the rest of
+    the queue is room for the requests they send meanwhile. Both are fractions of
+    ``queue_limit``, ``0 <= accept_at < refuse_at <= 1``; ``refuse_at = 0`` never refuses
+    a connection (``accept_at`` is then unused), and nor does ``queue_limit = 0``, where
+    nothing waits (requests over the limit are refused instead).
     """
 
-    def __init__(self, queue_limit: int, threshold: float = 0.75, resume: float = 0.5) -> None:
+    def __init__(self, queue_limit: int, refuse_at: float = 0.75, accept_at: float = 0.375) -> None:
         if queue_limit < 0:
             raise ValueError("queue_limit must be >= 0")
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError("threshold must be in (0, 1]")
-        if not 0.0 <= resume < 1.0:
-            raise ValueError("resume must be in [0, 1)")
+        if not 0.0 <= refuse_at <= 1.0:
+            raise ValueError("refuse_at must be in [0, 1]")
+        if not 0.0 <= accept_at <= 1.0:
+            raise ValueError("accept_at must be in [0, 1]")
+        if refuse_at and accept_at >= refuse_at:
+            raise ValueError("accept_at must be below refuse_at")
         self.queue_limit = queue_limit
-        self.high = max(1, math.ceil(threshold * queue_limit)) if queue_limit else 0
-        self.low = math.floor(resume * self.high)
+        self.refuse_at = refuse_at
+        self.accept_at = accept_at
+        # Queue lengths: refusing from ``high`` on, until ``low``; high 0 = never refuse.
+        # Rounded so that 0.3 x 10 is 3, not the 4 that ceil(3.0000000000000004) gives.
+        on = bool(queue_limit and refuse_at)
+        self.high = max(1, math.ceil(round(refuse_at * queue_limit, 6))) if on else 0
+        low = math.floor(round(accept_at * queue_limit, 6))
+        self.low = min(low, self.high - 1) if on else 0
         self.refusing = False
         self.refused_requests = 0
         self.refused_connections = 0
@@ -328,7 +338,7 @@ class Admission:
 
     def update(self, queued: int) -> bool:
         """Follow the queue length; True while new connections are being refused."""
-        if not self.queue_limit:
+        if not self.high:
             self.refusing = False
         elif self.refusing:
             self.refusing = queued > self.low

@@ -26,6 +26,8 @@ class Pool:
         keepalive: bool = True,
         queue_limit: int = 1024,
         queue_timeout: float = 5.0,
+        refuse_connections_at: float = 0.75,
+        accept_connections_at: float = 0.375,
     ) -> None:
         self.name = name
         self.backends = list(backends)
@@ -38,7 +40,7 @@ class Pool:
             backend.count_waiting_in(self.queue)
         self.queue_limit = queue_limit
         self.queue_timeout = queue_timeout
-        self.admission = Admission(queue_limit)
+        self.admission = Admission(queue_limit, refuse_connections_at, accept_connections_at)
         self.expired = 0  # requests answered 503 because their queue deadline passed
 
     def choose(
@@ -195,6 +197,8 @@ def build_router(config: Config, table: BackendStatusTable) -> Router:
                 keepalive=pc.backend_keepalive,
                 queue_limit=pc.queue_limit,
                 queue_timeout=pc.queue_timeout,
+                refuse_connections_at=pc.refuse_connections_at,
+                accept_connections_at=pc.accept_connections_at,
             )
         )
     by_name = {p.name: p for p in pools}

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
+    IAddress,
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
@@ -134,13 +135,31 @@ class ServerTLSContextFactory:
             connection.set_context(context)
 
 
+class _RefusingTLSFactory(TLSMemoryBIOFactory):
+    """``TLSMemoryBIOFactory`` that refuses a connection its wrapped factory refuses.
+
+    Twisted's wraps whatever the inner ``buildProtocol`` returns, None too: the refused
+    connection then stays open, silent, and ``makeConnection`` logs an AttributeError.
+    Returning None here lets the port close it at once, as on a plain TCP listener.
+    """
+
+    def buildProtocol(  # type: ignore[override]  # None: a refusal, as Factory may return
+        self, addr: IAddress | None
+    ) -> TLSMemoryBIOProtocol | None:
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return self.protocol(self, inner)
+
+
 def wrap_tls(
     factory: IProtocolFactory,
     context_factory: ServerTLSContextFactory,
     clock: IReactorTime | None = None,
 ) -> TLSMemoryBIOFactory:
-    """Serve ``factory``'s protocol over TLS on any stream endpoint."""
-    return TLSMemoryBIOFactory(context_factory, False, factory, clock)
+    """Serve ``factory``'s protocol over TLS on any stream endpoint; a connection
+    ``factory`` refuses (``buildProtocol`` returns None) is closed before any TLS."""
+    return _RefusingTLSFactory(context_factory, False, factory, clock)
 
 
 def _select_alpn(
@@ -157,6 +176,12 @@ def _new_context(path: str, key: _ServerKey, chain: list[x509.Certificate]) -> S
     context.set_max_proto_version(SSL.TLS1_3_VERSION)
     options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
     options |= getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+    # A client that closes without close_notify (browsers and scanners often just send
+    # FIN or RST) is an ordinary end of the connection, as TLS 1.1 and later allow
+    # (RFC 5246 §7.2.1), not a fatal error. Without this OpenSSL 3 fails the read and
+    # drops the session from the cache, so TLS 1.2 clients that resume by session id
+    # (no tickets) never could. HTTP framing, not the TLS close, tells a whole request.
+    options |= getattr(SSL, "OP_IGNORE_UNEXPECTED_EOF", 0)
     context.set_options(options)
     # Frees idle connections' read/write buffers: memory per open client matters
     # more than the small cost of reallocating them.

@@ -25,6 +25,7 @@ class ProxyHarness:
         max_concurrent: int = 0,
         queue_limit: int = 1024,
         queue_timeout: float = 5.0,
+        hsts: str | None = None,
         **limits: float,
     ) -> None:
         self.reactor = MemoryReactorClock()
@@ -42,7 +43,9 @@ class ProxyHarness:
             queue_timeout=queue_timeout,
         )
         self.pool = pool
-        self.core = ProxyCore(Router([pool]), self.table, self.limits, self.reactor, self.reactor)
+        self.core = ProxyCore(
+            Router([pool]), self.table, self.limits, self.reactor, self.reactor, hsts=hsts
+        )
         self.factory = ProxyFactory(self.core, secure, self.limits.max_client_connections)
         self.connects_seen = 0
 

@@ -341,6 +341,79 @@ class LogTests(ErrorAssertions):
         )
 
 
+class HSTSTests(ErrorAssertions):
+    def hsts(self, value: str) -> str | None:
+        return self.parses(f"[tls]\nhsts = {value}\n").tls.hsts
+
+    def test_off_by_default(self) -> None:
+        self.assertIsNone(self.parses("").tls.hsts)
+        self.assertIsNone(self.parses('[tls]\ncertificates = ["a.pem"]\n').tls.hsts)
+
+    def test_good_values_are_sent_the_usual_way(self) -> None:
+        for value, sent in [
+            ('"max-age=31536000"', "max-age=31536000"),
+            ('"max-age=0"', "max-age=0"),
+            ('"max-age=300; includeSubDomains"', "max-age=300; includeSubDomains"),
+            ('"max-age=300; preload"', "max-age=300; preload"),
+            (
+                '"MAX-AGE = 63072000 ;includesubdomains;PRELOAD"',
+                "max-age=63072000; includeSubDomains; preload",
+            ),
+            (
+                '" preload ; max-age=10 ; includeSubDomains ; "',
+                "max-age=10; includeSubDomains; preload",
+            ),
+            ("'max-age=\"600\"'", "max-age=600"),  # RFC 6797's quoted form
+        ]:
+            self.assertEqual(self.hsts(value), sent, value)
+
+    def test_bad_values(self) -> None:
+        for value, problem in [
+            ('"includeSubDomains"', "max-age is missing"),
+            ('"max-age"', "max-age is nothing"),
+            ('"max-age="', 'max-age is ""'),
+            ('"max-age=-1"', 'max-age is "-1"'),
+            ('"max-age=1.5"', 'max-age is "1.5"'),
+            ('"max-age=a year"', 'max-age is "a year"'),
+            ('"max-age=1; max-age=2"', "max-age is given twice"),
+            ('"max-age=1; preload; PRELOAD"', "PRELOAD is given twice"),
+            ('"max-age=1; preload=yes"', "preload takes no value"),
+            ('"max-age=1; includeSubDomains=1"', "includeSubDomains takes no value"),
+            ('"max-age=1, includeSubDomains"', 'max-age is "1, includeSubDomains"'),
+            ('"max-age=1; =2"', "a directive without a name"),
+            ('"max-age=1; report-uri=x"', 'unknown directive "report-uri"'),
+            ('""', "is empty"),
+            ('"  "', "is empty"),
+        ]:
+            error = self.assertConfigError(
+                f"[tls]\ncertificates = []\nhsts = {value}  # <--\n", "tls.hsts", "hsts = "
+            )
+            self.assertIn(problem, error.problem, value)
+
+    def test_near_miss_is_named(self) -> None:
+        error = self.assertConfigError(
+            '[tls]\nhsts = "max-age=1; includeSubDomain"  # <--\n',
+            "tls.hsts",
+            "did you mean includeSubDomains?",
+        )
+        self.assertEqual(
+            str(error).split(" (")[0],
+            'dlba.toml:2: tls.hsts: "max-age=1; includeSubDomain": unknown directive'
+            ' "includeSubDomain"',
+        )
+
+    def test_annotated_example_value_parses(self) -> None:
+        text = (Path(__file__).parent.parent / "etc" / "dlba.toml").read_text()
+        [line] = [x for x in text.splitlines() if x.startswith("# hsts = ")]
+        self.assertEqual(self.parses(f"[tls]\n{line[2:]}\n").tls.hsts, line[10:-1])
+
+    def test_must_be_a_string(self) -> None:
+        self.assertConfigError(
+            "[tls]\nhsts = 31536000  # <--\n", "tls.hsts", 'hsts = "max-age=31536000'
+        )
+        self.assertConfigError("[tls]\nhsts = true  # <--\n", "tls.hsts")
+
+
 class PathTests(TemporaryFiles):
     def test_relative_paths_resolve_against_config_directory(self) -> None:
         directory = self.temporary_directory()
@@ -405,6 +478,30 @@ class NodeOverrideTests(ErrorAssertions):
     def test_with_node_without_array_nodes(self) -> None:
         config = with_node(parse("", "x.toml"), 9)
         self.assertEqual(config.node.number, 9)
+
+    def test_with_node_substitutes_every_placeholder(self) -> None:
+        """state_dir, node_certificate and access_log of a parsed config follow the new
+        number; the templates are a real field, not an attribute hung on the frozen Config."""
+        text = self.TEXT.replace(
+            "[tls]", '[log]\naccess_log = "/l/access-{number}.log"\n[tls]'
+        ).replace("number = 1\n[log]", 'number = 1\nstate_dir = "/s/node{number}"\n[log]')
+        config = parse(text, "x.toml")
+        self.assertEqual(
+            (config.node.state_dir, config.tls.node_certificate, config.log.access_log),
+            ("/s/node1", "/t/node1.pem", "/l/access-1.log"),
+        )
+        third = with_node(config, 3)
+        self.assertEqual(
+            (third.node.state_dir, third.tls.node_certificate, third.log.access_log),
+            ("/s/node3", "/t/node3.pem", "/l/access-3.log"),
+        )
+        self.assertEqual(third.placeholders, config.placeholders)
+        assert third.placeholders is not None
+        self.assertEqual(third.placeholders.state_dir, "/s/node{number}")
+        self.assertEqual(set(vars(third)), {f.name for f in dataclasses.fields(Config)})
+        # Back to node 1: equal to what parse gave, templates or not.
+        self.assertEqual(with_node(third, 1), config)
+        self.assertEqual(dataclasses.replace(config, placeholders=None), config)
 
     def test_with_node_on_a_hand_built_config(self) -> None:
         config = Config(path="x", tls=TLSSection(node_certificate="/t/n{number}.pem"))
@@ -988,6 +1085,61 @@ class PoolTests(ErrorAssertions):
         self.assertConfigError(
             BASE.replace('name = "app"', 'name = "app"\nqueue_limit = -1  # <--'),
             "pool[1].queue_limit",
+        )
+
+    def pool_with(self, lines: str) -> str:
+        return BASE.replace('name = "app"', 'name = "app"\nqueue_limit = 100\n' + lines)
+
+    def test_admission_thresholds(self) -> None:
+        pool = self.parses(BASE).pools[0]
+        self.assertEqual((pool.refuse_connections_at, pool.accept_connections_at), (0.75, 0.375))
+        for lines, expected in [
+            ("refuse_connections_at = 0.5\naccept_connections_at = 0.25", (0.5, 0.25)),
+            ("refuse_connections_at = 1\naccept_connections_at = 0", (1.0, 0.0)),
+            ("refuse_connections_at = 0", (0.0, 0.375)),  # never refuse connections
+            ("refuse_connections_at = 0\naccept_connections_at = 0.9", (0.0, 0.9)),
+            ("accept_connections_at = 0.5", (0.75, 0.5)),
+        ]:
+            pool = self.parses(self.pool_with(lines)).pools[0]
+            self.assertEqual(
+                (pool.refuse_connections_at, pool.accept_connections_at), expected, lines
+            )
+
+    def test_admission_thresholds_reach_the_router(self) -> None:
+        from dlba.routing import backend_table, build_router
+
+        config = self.parses(
+            self.pool_with("refuse_connections_at = 0.5\naccept_connections_at = 0.1")
+        )
+        admission = build_router(config, backend_table(config)).pools[0].admission
+        self.assertEqual((admission.high, admission.low), (50, 10))
+        config = self.parses(self.pool_with("refuse_connections_at = 0"))
+        admission = build_router(config, backend_table(config)).pools[0].admission
+        self.assertTrue(admission.accept_connections(100))
+
+    def test_admission_threshold_errors(self) -> None:
+        key = "pool[1].refuse_connections_at"
+        self.assertConfigError(self.pool_with("refuse_connections_at = 1.5  # <--"), key, "0 to 1")
+        self.assertConfigError(self.pool_with("refuse_connections_at = -0.5  # <--"), key, "0 to 1")
+        self.assertConfigError(
+            self.pool_with('refuse_connections_at = "0.5"  # <--'), key, "remove the quotes"
+        )
+        error = self.assertConfigError(
+            self.pool_with("refuse_connections_at = 0.25  # <--"),
+            key,
+            "add accept_connections_at = 0.125",
+        )
+        self.assertIn("above accept_connections_at (0.375, its default)", error.problem)
+        key = "pool[1].accept_connections_at"
+        self.assertConfigError(self.pool_with("accept_connections_at = 2  # <--"), key, "0 to 1")
+        error = self.assertConfigError(
+            self.pool_with("refuse_connections_at = 0.5\naccept_connections_at = 0.5  # <--"),
+            key,
+            "accept_connections_at = 0.25",
+        )
+        self.assertEqual(error.problem, "must be below refuse_connections_at (0.5), not 0.5")
+        self.assertConfigError(
+            self.pool_with("accept_connections_at = 0.8  # <--"), key, "e.g. accept_connections_at"
         )
 
     def test_pool_without_backends(self) -> None:

@@ -230,7 +230,7 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual(a.refused_requests, 2)
 
     def test_hysteresis(self) -> None:
-        a = Admission(queue_limit=100, threshold=0.75, resume=0.5)
+        a = Admission(queue_limit=100, refuse_at=0.75, accept_at=0.375)
         self.assertEqual((a.high, a.low), (75, 37))
         self.assertTrue(all(a.accept_connections(n) for n in range(75)))
         self.assertFalse(a.accept_connections(75))
@@ -242,6 +242,42 @@ class AdmissionTests(SynchronousTestCase):
         self.assertTrue(a.accept_connections(74))
         self.assertFalse(a.accept_connections(76))
         self.assertEqual(a.refused_connections, 7)
+
+    def test_defaults(self) -> None:
+        """0.75 and 0.375 of queue_limit: what the old threshold 0.75, resume 0.5 gave."""
+        for limit, expected in [(1024, (768, 384)), (100, (75, 37)), (4, (3, 1)), (1, (1, 0))]:
+            a = Admission(limit)
+            self.assertEqual((a.high, a.low), expected, limit)
+
+    def test_fractions_of_queue_limit(self) -> None:
+        a = Admission(queue_limit=10, refuse_at=0.3, accept_at=0.1)
+        self.assertEqual((a.high, a.low), (3, 1))  # not 4: 0.3 x 10 is 3
+        self.assertTrue(a.accept_connections(2))
+        self.assertFalse(a.accept_connections(3))
+        self.assertFalse(a.accept_connections(2))
+        self.assertTrue(a.accept_connections(1))
+        # refuse at the full queue, accept only once it is empty
+        a = Admission(queue_limit=10, refuse_at=1.0, accept_at=0.0)
+        self.assertEqual((a.high, a.low), (10, 0))
+        self.assertTrue(a.accept_connections(9))
+        self.assertFalse(a.accept_connections(10))
+        self.assertFalse(a.accept_connections(1))
+        self.assertTrue(a.accept_connections(0))
+        # a tiny fraction still means at least one waiting request
+        self.assertEqual(Admission(queue_limit=10, refuse_at=0.01, accept_at=0.0).high, 1)
+
+    def test_refuse_at_zero_never_refuses_connections(self) -> None:
+        a = Admission(queue_limit=8, refuse_at=0.0)
+        self.assertEqual((a.high, a.low), (0, 0))
+        self.assertTrue(all(a.accept_connections(n) for n in range(20)))
+        self.assertFalse(a.refusing)
+        self.assertEqual(a.refused_connections, 0)
+        # requests over the limit are still refused
+        self.assertTrue(a.admit_request(7))
+        self.assertFalse(a.admit_request(8))
+        self.assertEqual(a.refused_requests, 1)
+        # accept_at is unused then: any fraction, even above 0
+        self.assertTrue(Admission(8, refuse_at=0.0, accept_at=0.5).accept_connections(100))
 
     def test_recovers_by_itself(self) -> None:
         a = Admission(queue_limit=8)
@@ -257,9 +293,13 @@ class AdmissionTests(SynchronousTestCase):
 
     def test_bad_arguments(self) -> None:
         self.assertRaises(ValueError, Admission, -1)
-        self.assertRaises(ValueError, Admission, 10, threshold=0.0)
-        self.assertRaises(ValueError, Admission, 10, threshold=1.5)
-        self.assertRaises(ValueError, Admission, 10, resume=1.0)
+        self.assertRaises(ValueError, Admission, 10, refuse_at=1.5)
+        self.assertRaises(ValueError, Admission, 10, refuse_at=-0.1)
+        self.assertRaises(ValueError, Admission, 10, refuse_at=float("nan"))
+        self.assertRaises(ValueError, Admission, 10, accept_at=-0.1)
+        self.assertRaises(ValueError, Admission, 10, accept_at=1.5, refuse_at=0.0)
+        self.assertRaises(ValueError, Admission, 10, refuse_at=0.5, accept_at=0.5)
+        self.assertRaises(ValueError, Admission, 10, refuse_at=0.5, accept_at=0.6)
 
 
 # --------------------------------------------------------------------------- the controller

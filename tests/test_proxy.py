@@ -101,6 +101,59 @@ class ForwardingTests(SynchronousTestCase):
         )
 
 
+class HSTSTests(SynchronousTestCase):
+    """``[tls] hsts``: on every HTTPS answer, ours too; never on HTTP; never doubled."""
+
+    STS = b"max-age=600; includeSubDomains"
+
+    def answer(self, secure: bool, backend_answer: bytes | None) -> dict[bytes, list[bytes]]:
+        h = ProxyHarness(1, secure=secure, hsts=self.STS.decode())
+        front, client = h.client()
+        front.dataReceived(GET)
+        conn, _, _ = h.accept_backend()
+        if backend_answer is not None:
+            conn.dataReceived(backend_answer)
+        else:
+            conn.dataReceived(b"not http at all\r\n\r\n")  # dlba answers 502 itself
+        _, headers = head_of(client.value())
+        return headers
+
+    def test_added_to_https_answers(self) -> None:
+        headers = self.answer(True, OK)
+        self.assertEqual(headers[b"strict-transport-security"], [self.STS])
+
+    def test_not_on_http(self) -> None:
+        self.assertNotIn(b"strict-transport-security", self.answer(False, OK))
+
+    def test_backend_value_kept(self) -> None:
+        own = (
+            b"HTTP/1.1 200 OK\r\nstrict-transport-security: max-age=5\r\nContent-Length: 0\r\n\r\n"
+        )
+        headers = self.answer(True, own)
+        self.assertEqual(headers[b"strict-transport-security"], [b"max-age=5"])
+
+    def test_on_our_own_errors_over_https(self) -> None:
+        self.assertEqual(self.answer(True, None)[b"strict-transport-security"], [self.STS])
+        self.assertNotIn(b"strict-transport-security", self.answer(False, None))
+        for secure in (True, False):
+            h = ProxyHarness(1, secure=secure, hsts=self.STS.decode())
+            front, client = h.client()
+            front.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nX Y: z\r\n\r\n")  # 400
+            first, headers = head_of(client.value())
+            self.assertEqual(first, b"HTTP/1.1 400 Bad Request")
+            self.assertEqual(
+                headers.get(b"strict-transport-security"), [self.STS] if secure else None
+            )
+
+    def test_off(self) -> None:
+        h = ProxyHarness(1, secure=True)
+        front, client = h.client()
+        front.dataReceived(GET)
+        conn, _, _ = h.accept_backend()
+        conn.dataReceived(OK)
+        self.assertNotIn(b"strict-transport-security", head_of(client.value())[1])
+
+
 class KeepAliveTests(SynchronousTestCase):
     def test_backend_connection_reused_and_requests_scheduled_each(self) -> None:
         h = ProxyHarness(2)

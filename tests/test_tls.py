@@ -390,6 +390,26 @@ class ResumptionTests(_ServerTestCase):
             self.assertEqual(subject_cn(first.text), "b.example", first.text)
 
 
+class RefusalTests(SynchronousTestCase):
+    def test_a_refused_connection_gets_no_tls_protocol(self) -> None:
+        """The wrapped factory's None (a refusal) reaches the port, which closes the
+        connection at once; Twisted's own TLS factory would wrap the None."""
+        path = os.path.join(scratch_dir(self), "a.pem")
+        with open(path, "wb") as f:
+            f.write(make_cert(["a.example"]))
+        tls = ServerTLSContextFactory([path])
+        addr = IPv4Address("TCP", "127.0.0.1", 40000)
+
+        class Refusing(Factory):
+            def buildProtocol(self, addr: object) -> None:  # type: ignore[override]
+                return None
+
+        self.assertIsNone(wrap_tls(Refusing(), tls).buildProtocol(addr))
+        accepted = wrap_tls(Factory.forProtocol(Protocol), tls).buildProtocol(addr)
+        assert accepted is not None
+        self.assertIsInstance(accepted.wrappedProtocol, Protocol)
+
+
 class ConfigErrorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = scratch_dir(self)

@@ -274,7 +274,8 @@ class FrontProtocol(Protocol):
         self._write_error_and_close(status)
 
     def _write_error_and_close(self, status: int) -> None:
-        answer = error_response(status, close=True)
+        hsts = self.core.hsts if self.secure else None
+        answer = error_response(status, close=True, hsts=hsts)
         self.transport.write(answer)
         body = len(answer) - answer.index(b"\r\n\r\n") - 4
         self.core.log_access(self.client_ip, None, status, body)

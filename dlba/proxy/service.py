@@ -113,7 +113,7 @@ def make_proxy_service(
         clock,
         access_log,
         config.persistence.cookie,
-        hsts=getattr(config.tls, "hsts", None),
+        hsts=config.tls.hsts,
     )
     for pc in config.pools:
         if pc.adaptive:

@@ -39,8 +39,9 @@ Every answer carries ``X-Backend: NAME``.  Paths:
   ``backend NAME session ID``.
 - ``/redirect?style=path|query``: 302 to ``/app;jsessionid=<random>`` (``path``) or
   ``/app?sid=<random>`` (``query``); the id is in the body too.
-- ``/setcookie?h=V&h=V2...[&cc=V]``: one ``Set-Cookie: V`` header per ``h`` (values as
-  given, URL-decoded), and ``Cache-Control: V`` with ``cc``; the body is ``backend NAME``.
+- ``/setcookie?h=V&h=V2...[&cc=V][&sts=V]``: one ``Set-Cookie: V`` header per ``h``
+  (values as given, URL-decoded), ``Cache-Control: V`` with ``cc`` and
+  ``Strict-Transport-Security: V`` with ``sts``; the body is ``backend NAME``.
 - anything else: ``backend NAME`` as text.
 
 A request carrying ``Expect: 100-continue`` and a body gets ``100 Continue`` first.
@@ -398,6 +399,8 @@ class Connection(Protocol):
             headers = [("Set-Cookie", v) for v in self.query_all.get("h", [])]
             if "cc" in self.query:
                 headers.append(("Cache-Control", self.query["cc"]))
+            if "sts" in self.query:
+                headers.append(("Strict-Transport-Security", self.query["sts"]))
             self._send(200, headers, f"backend {name}\n".encode())
         else:
             self._send(200, [("Content-Type", "text/plain")], f"backend {name}\n".encode())

@@ -193,6 +193,7 @@ class Child(ProcessProtocol):
         self._partial = b""
         self.result: ProcessResult | None = None
         self.ended = Waiters()
+        self.printed = Waiters()  # poked on every chunk of stdout
         self.pid: int | None = None
 
     def connectionMade(self) -> None:
@@ -205,6 +206,7 @@ class Child(ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         self.out.append(data)
+        self.printed.poke()
         if self.close_stdin_when is not None and self.close_stdin_when(b"".join(self.out)):
             self.close_stdin_when = None
             assert self.transport is not None
@@ -225,10 +227,19 @@ class Child(ProcessProtocol):
             code, sig = value.exitCode, value.signal
         self.result = ProcessResult(b"".join(self.out), b"".join(self.err), code, sig)
         self.ended.poke(final=f"{self.name} ended")
+        self.printed.poke(final=f"{self.name} ended")
 
     @property
     def running(self) -> bool:
         return self.result is None
+
+    def when_printed(self, check: Callable[[bytes], bool], what: str) -> Deferred[bool]:
+        """Until ``check`` holds for the stdout so far (failing if the child ends first)."""
+        return within(
+            self.printed.add(lambda: True if check(b"".join(self.out)) else None, what),
+            CLIENT_DEADLINE,
+            lambda: f"{what}; {self.name} printed {b''.join(self.out)[-500:]!r}",
+        )
 
     def when_ended(self, seconds: float) -> Deferred[ProcessResult]:
         return within(
@@ -412,6 +423,7 @@ def dlba_config(
     pools: Sequence[PoolSpec],
     *,
     certificates: Sequence[str] = (),
+    tls: dict[str, object] | None = None,
     limits: dict[str, object] | None = None,
     access_log: str = "",
     http: bool = True,
@@ -430,7 +442,7 @@ def dlba_config(
     lines = toml_table("[node]", {"number": 1, "state_dir": state_dir})
     lines += toml_table("[listen]", listen)
     if https:
-        lines += toml_table("[tls]", {"certificates": list(certificates)})
+        lines += toml_table("[tls]", {"certificates": list(certificates), **(tls or {})})
     if limits:
         lines += toml_table("[limits]", limits)
     lines += toml_table("[log]", {"access_log": access_log})
@@ -850,6 +862,7 @@ class E2ETestCase(TestCase):
         pool: dict[str, object] | None = None,
         limits: dict[str, object] | None = None,
         certificates: Sequence[str] | None = None,
+        tls: dict[str, object] | None = None,
         access_log: str = "",
         https: bool = True,
         status: bool = False,
@@ -858,8 +871,9 @@ class E2ETestCase(TestCase):
     ) -> Dlba:
         """Write a config, start dlba, wait until it and the back ends serve.
 
-        ``status``: the status daemon listens too; ``persistence``: the [persistence]
-        table; ``rules``: [[rule]] tables, in order."""
+        ``status``: the status daemon listens too; ``tls``: more [tls] keys than the
+        certificates; ``persistence``: the [persistence] table; ``rules``: [[rule]]
+        tables, in order."""
         if pools is None:
             pools = [PoolSpec(list(backends or []), options=dict(pool or {}))]
         if https and certificates is None:
@@ -868,6 +882,7 @@ class E2ETestCase(TestCase):
             self.dir,
             pools,
             certificates=certificates or (),
+            tls=tls,
             limits=limits,
             access_log=access_log,
             https=https,

@@ -288,6 +288,79 @@ class LoadingTests(E2ETestCase):
         self.assertEqual(stats["requests"], 6, stats)
         self.assertEqual(stats["max_inflight"], 1, stats)
 
+    async def refused(self, port: int, *, tls: bool = False) -> None:
+        """A new connection to ``port`` is closed at once, before a byte either way (over
+        TLS before the handshake)."""
+        started = now()
+        newcomer = await self.connect(port, tls=tls)
+        data = await newcomer.when_closed(seconds=2)
+        self.assertEqual(data, b"", "a refused connection got an answer")
+        self.assertLess(now() - started, 1.0)
+
+    async def test_refuse_connections_at_a_low_threshold(self) -> None:
+        """queue_limit = 10, refuse_connections_at = 0.2, accept_connections_at = 0.1: two
+        requests queued (far below the default 0.75 x 10) and new connections, HTTP and
+        HTTPS alike, are closed at once without an answer; once the queue has drained
+        they are served again."""
+        b1 = self.backend("b1")
+        pool: dict[str, object] = {
+            "max_concurrent": 1,
+            "queue_limit": 10,
+            "refuse_connections_at": 0.2,
+            "accept_connections_at": 0.1,
+        }
+        dlba = await self.start([b1], pool=pool, status=True)
+        slow, *queued = await self.clients(dlba.http, 3)
+        slow.send(request("/slow?ms=1500"))
+        await b1.wait_event("request")
+        for i, client in enumerate(queued):
+            client.send(request(f"/slow?ms=10&i={i}"))
+        await self.barrier(dlba)  # 1 in flight, 2 queued: 0.2 x 10
+        await self.refused(dlba.http)
+        await self.refused(dlba.https, tls=True)
+        self.assertEqual(slow.data, b"", "the queue drained meanwhile")
+        row = await self.pool_row(dlba)
+        self.assertEqual((row["refusing_connections"], row["refused_connections"]), (True, 2))
+        for client in (slow, *queued):
+            self.assertEqual((await client.next_response()).status, 200)
+        for port, tls in ((dlba.http, False), (dlba.https, True)):
+            response, _ = await self.exchange(port, request("/after"), tls=tls)
+            self.assertEqual(response.status, 200, response)
+        row = await self.pool_row(dlba)
+        self.assertEqual((row["refusing_connections"], row["refused_connections"]), (False, 2))
+
+    async def test_refuse_connections_at_zero_never_refuses(self) -> None:
+        """refuse_connections_at = 0, the queue full (which the defaults would refuse
+        connections at): new connections are accepted, and their requests over
+        queue_limit get 503 with Retry-After at once."""
+        b1 = self.backend("b1")
+        pool: dict[str, object] = {
+            "max_concurrent": 1,
+            "queue_limit": 2,
+            "refuse_connections_at": 0,
+        }
+        dlba = await self.start([b1], pool=pool, status=True)
+        slow, *queued = await self.clients(dlba.http, 3)
+        slow.send(request("/slow?ms=1500"))
+        await b1.wait_event("request")
+        for i, client in enumerate(queued):
+            client.send(request(f"/slow?ms=10&i={i}"))
+        await self.barrier(dlba)  # 1 in flight, 2 queued: the queue is full
+        for port, tls in ((dlba.http, False), (dlba.https, True)):
+            response, client = await self.exchange(port, request("/over"), tls=tls)
+            self.assertEqual(response.status, 503, response)
+            self.assertTrue(retry_after_ok(response), response)
+            self.assertFalse(client.closed, "a 503 for a full queue closed the connection")
+        self.assertEqual(slow.data, b"", "the queue drained meanwhile")
+        row = await self.pool_row(dlba)
+        self.assertEqual(
+            (row["refusing_connections"], row["refused_connections"], row["refused_requests"]),
+            (False, 0, 2),
+        )
+        for client in (slow, *queued):
+            self.assertEqual((await client.next_response()).status, 200)
+        self.assertNotIn("/over", (await b1.stats())["targets"])
+
     async def test_adaptive_limit_in_status(self) -> None:
         """adaptive = true, max_concurrent = 64: requests succeed and the status daemon
         shows each back end's limit (1..64), metric and queued."""
