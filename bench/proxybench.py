@@ -219,6 +219,25 @@ class Settings:
     wrk: str
 
 
+def settings(args: argparse.Namespace, *, warmup: float, runs: int, openloop_runs: int) -> Settings:
+    """The load generators' settings from the command line (bench and profile share them)."""
+    return Settings(
+        duration=args.duration,
+        warmup=warmup,
+        runs=runs,
+        openloop_runs=openloop_runs or runs,
+        wrk_threads=args.wrk_threads,
+        wrk_conns=args.wrk_conns,
+        tls_clients=args.tls_clients,
+        rate=args.rate,
+        tls_rate=args.tls_rate,
+        rate_conns=args.rate_conns,
+        client_cpus=args.client_cpus or None,
+        loadgen=args.loadgen,
+        wrk=args.wrk,
+    )
+
+
 def command(w: Workload, p: Proxy, s: Settings, duration: float) -> list[str]:
     port = p.https_port if w.scheme == "https" else p.http_port
     if w.tool == "wrk":
@@ -291,21 +310,7 @@ def bench(args: argparse.Namespace) -> int:
     for spec in args.proxy:
         name, pid, hp, sp = spec.split(":")
         proxies.append(Proxy(name, int(pid), int(hp), int(sp)))
-    s = Settings(
-        duration=args.duration,
-        warmup=args.warmup,
-        runs=args.runs,
-        openloop_runs=args.openloop_runs or args.runs,
-        wrk_threads=args.wrk_threads,
-        wrk_conns=args.wrk_conns,
-        tls_clients=args.tls_clients,
-        rate=args.rate,
-        tls_rate=args.tls_rate,
-        rate_conns=args.rate_conns,
-        client_cpus=args.client_cpus or None,
-        loadgen=args.loadgen,
-        wrk=args.wrk,
-    )
+    s = settings(args, warmup=args.warmup, runs=args.runs, openloop_runs=args.openloop_runs)
     wanted = [WORKLOAD_BY_KEY[k] for k in args.workloads.split()] if args.workloads else WORKLOADS
     out = Path(args.out)
 
@@ -602,21 +607,7 @@ def summarise(collapsed: str, top: int = 30) -> str:
 def profile(args: argparse.Namespace) -> int:
     name, pid, hp, sp = args.proxy.split(":")
     p = Proxy(name, int(pid), int(hp), int(sp))
-    s = Settings(
-        duration=args.duration,
-        warmup=0,
-        runs=1,
-        openloop_runs=1,
-        wrk_threads=args.wrk_threads,
-        wrk_conns=args.wrk_conns,
-        tls_clients=args.tls_clients,
-        rate=args.rate,
-        rate_conns=args.rate_conns,
-        tls_rate=args.tls_rate,
-        client_cpus=args.client_cpus or None,
-        loadgen=args.loadgen,
-        wrk=args.wrk,
-    )
+    s = settings(args, warmup=0, runs=1, openloop_runs=1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for key in args.workloads.split():

@@ -3,6 +3,9 @@ connection where the framing is in doubt, and that nothing reaches the back end.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator
+
 from twisted.internet.task import LoopingCall
 
 from tests.e2e.harness import E2ETestCase, RawClient, reactor, request
@@ -110,24 +113,30 @@ class BadInputTests(E2ETestCase):
         body = b"".join(b"100\r\n" + b"c" * 256 + b"\r\n" for _ in range(5))
         await self.refused(head + body + b"0\r\n\r\n", 413, reached=None)
 
+    def trickle(self, client: RawClient, data: Iterator[bytes]) -> Callable[[], None]:
+        """Send ``client`` the next piece of ``data`` every 0.2 s, until it is closed or the
+        returned function is called (the test's cleanup calls it too)."""
+
+        def one_piece() -> None:
+            if not client.closed:
+                client.send(next(data))
+
+        loop = LoopingCall(one_piece)
+        loop.clock = reactor
+
+        def stop() -> None:
+            if loop.running:
+                loop.stop()
+
+        self.addCleanup(stop)
+        loop.start(0.2)
+        return stop
+
     async def test_slowloris_head(self) -> None:
         """A head trickled a byte every 0.2 s, never finishing within header_timeout (1 s)."""
         client = await self.connect(self.node.http)
-        data = iter(GOOD + b"X-Slow: " + b"s" * 100 + b"\r\n\r\n")
-
-        def one_byte() -> None:
-            if not client.closed:
-                client.send(bytes([next(data)]))
-
-        trickle = LoopingCall(one_byte)
-        trickle.clock = reactor
-
-        def stop() -> None:
-            if trickle.running:
-                trickle.stop()
-
-        self.addCleanup(stop)
-        trickle.start(0.2)
+        head = GOOD + b"X-Slow: " + b"s" * 100 + b"\r\n\r\n"
+        stop = self.trickle(client, (head[i : i + 1] for i in range(len(head))))
         response = await client.response(seconds=5)
         self.assertEqual(response.status, 408)
         await client.when_closed(5)
@@ -149,20 +158,7 @@ class BadInputTests(E2ETestCase):
         client = await self.connect(self.node.http)
         client.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 900\r\n\r\n")
         started = reactor.seconds()
-
-        def one_byte() -> None:
-            if not client.closed:
-                client.send(b"x")
-
-        trickle = LoopingCall(one_byte)
-        trickle.clock = reactor
-
-        def stop() -> None:
-            if trickle.running:
-                trickle.stop()
-
-        self.addCleanup(stop)
-        trickle.start(0.2)
+        stop = self.trickle(client, itertools.repeat(b"x"))
         response = await client.response(seconds=10)
         self.assertEqual(response.status, 408)
         await client.when_closed(5)

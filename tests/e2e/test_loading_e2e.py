@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from tests.e2e.harness import (
     CLIENT_DEADLINE,
+    Backend,
     Dlba,
     E2ETestCase,
     RawClient,
@@ -288,6 +289,17 @@ class LoadingTests(E2ETestCase):
         self.assertEqual(stats["requests"], 6, stats)
         self.assertEqual(stats["max_inflight"], 1, stats)
 
+    async def one_slow_two_queued(
+        self, dlba: Dlba, b1: Backend
+    ) -> tuple[RawClient, list[RawClient]]:
+        """With max_concurrent = 1: one request busy at ``b1`` for 1.5 s, two queued."""
+        slow, *queued = await self.clients(dlba.http, 3)
+        slow.send(request("/slow?ms=1500"))
+        await b1.wait_event("request")
+        for i, client in enumerate(queued):
+            client.send(request(f"/slow?ms=10&i={i}"))
+        return slow, queued
+
     async def refused(self, port: int, *, tls: bool = False) -> None:
         """A new connection to ``port`` is closed at once, before a byte either way (over
         TLS before the handshake)."""
@@ -310,11 +322,7 @@ class LoadingTests(E2ETestCase):
             "accept_connections_at": 0.1,
         }
         dlba = await self.start([b1], pool=pool, status=True)
-        slow, *queued = await self.clients(dlba.http, 3)
-        slow.send(request("/slow?ms=1500"))
-        await b1.wait_event("request")
-        for i, client in enumerate(queued):
-            client.send(request(f"/slow?ms=10&i={i}"))
+        slow, queued = await self.one_slow_two_queued(dlba, b1)
         await self.barrier(dlba)  # 1 in flight, 2 queued: 0.2 x 10
         await self.refused(dlba.http)
         await self.refused(dlba.https, tls=True)
@@ -340,11 +348,7 @@ class LoadingTests(E2ETestCase):
             "refuse_connections_at": 0,
         }
         dlba = await self.start([b1], pool=pool, status=True)
-        slow, *queued = await self.clients(dlba.http, 3)
-        slow.send(request("/slow?ms=1500"))
-        await b1.wait_event("request")
-        for i, client in enumerate(queued):
-            client.send(request(f"/slow?ms=10&i={i}"))
+        slow, queued = await self.one_slow_two_queued(dlba, b1)
         await self.barrier(dlba)  # 1 in flight, 2 queued: the queue is full
         for port, tls in ((dlba.http, False), (dlba.https, True)):
             response, client = await self.exchange(port, request("/over"), tls=tls)
