@@ -352,24 +352,25 @@ EOF
     start "$name" "${env[@]}" "${PROXY_CPUS[@]}" "$TWISTD" -n --pidfile= dlba --config "$TMP/$name.toml"
 }
 
+checkout() { # VAR REV DIR: the short hash of REV in VAR, its tree (git archive) in DIR
+    local -n short=$1
+    short=$(git -C "$REPO" rev-parse --short "$2^{commit}") || die "$1=$2 is not a commit of $REPO"
+    mkdir -p "$3"
+    git -C "$REPO" archive "$short" | tar -x -C "$3"
+}
+
 DLBA_REASON=""
 DLBA_SRC=""
 [[ $DLBA_FROM_TREE == 1 ]] && DLBA_SRC=$REPO
 if [[ -n $DLBA_REV ]]; then
-    DLBA_REV=$(git -C "$REPO" rev-parse --short "$DLBA_REV^{commit}") \
-        || die "DLBA_REV=$DLBA_REV is not a commit of $REPO"
     DLBA_SRC=$TMP/current
-    mkdir -p "$DLBA_SRC"
-    git -C "$REPO" archive "$DLBA_REV" | tar -x -C "$DLBA_SRC"
+    checkout DLBA_REV "$DLBA_REV" "$DLBA_SRC"
 fi
 BASE_SRC=""
 BASE_CODE=""
 if [[ -n $DLBA_BASE ]]; then
-    BASE_CODE=$(git -C "$REPO" rev-parse --short "$DLBA_BASE^{commit}") \
-        || die "DLBA_BASE=$DLBA_BASE is not a commit of $REPO"
     BASE_SRC=$TMP/base
-    mkdir -p "$BASE_SRC"
-    git -C "$REPO" archive "$BASE_CODE" | tar -x -C "$BASE_SRC"
+    checkout BASE_CODE "$DLBA_BASE" "$BASE_SRC"
     PROXIES+=" dlba-base"
 fi
 
