@@ -24,6 +24,7 @@ PURE = frozenset(
         "dlba.config",
         "dlba.errors",
         "dlba.hashing",
+        "dlba.history",
         "dlba.interfaces",
         "dlba.loading",
         "dlba.policy",
