@@ -154,9 +154,19 @@ class ReportFixture:
         self.calls: list[float] = []
 
     def report(self, now: float) -> dict[str, Any]:
+        """The data as at ``now``: every time in it moves with the clock, ages stay."""
         self.calls.append(now)
         out = copy.deepcopy(self.data)
+        shift = now - out["time"]
         out["time"] = now
+        if "started" in out.get("node", {}):
+            out["node"]["started"] += shift
+        array = out.get("array") or {}
+        if array.get("last_sweep") is not None:
+            array["last_sweep"] += shift
+        for node in array.get("nodes") or ():
+            if node.get("last_seen") is not None:
+                node["last_seen"] += shift
         return out
 
     def add_hits(self, backend_number: int, hits: int) -> None:
