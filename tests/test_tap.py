@@ -244,7 +244,10 @@ class ControlTests(SynchronousTestCase):
         assert proto is not None
         t = StringTransport()
         proto.makeConnection(t)
-        rows = [json.loads(line) for line in t.value().splitlines()]
+        proto.dataReceived(b"STATUS\r\n")
+        lines = t.value().splitlines()
+        self.assertEqual(lines[-1], b"END")
+        rows = [json.loads(line) for line in lines[:-1]]
         sessions = [r for r in rows if r["table"] == "sessions"]
         self.assertEqual(sessions[0]["pool"], "a")
         self.assertEqual(sessions[0]["size"], 0)
