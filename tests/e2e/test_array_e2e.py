@@ -129,8 +129,7 @@ class ArrayTests(E2ETestCase):
             self.assertEqual(result.code, 0, result.text)
 
     async def test_three_nodes_sweep_fail_rejoin_and_sum(self) -> None:
-        backend = Backend("b1")
-        self.addCleanup(backend.child.terminate)
+        backend = self.backend("b1")
         await backend.ready()
         try:
             self.status_port = free_port_on_all(IPS)
@@ -193,3 +192,35 @@ class ArrayTests(E2ETestCase):
             "node 3 back with 2 hits",
         )
         self.assertEqual(tables["summary"][1]["hits"], 1 + 2 + 2)
+
+
+class OneNodeTests(E2ETestCase):
+    async def test_a_lone_node_sweeps_itself_and_refuses_what_it_does_not_know(self) -> None:
+        backend = self.backend("b1")
+        dlba = await self.start([backend], https=False, status=True)
+        port = dlba.ports["status"]
+        await self.get_once(dlba)
+        deadline = reactor.seconds() + 10
+        while True:
+            lines = await status_lines(port, b"TABLES")
+            nodes = [x for x in lines if x["table"] == "node_status"]
+            if nodes and nodes[0]["hits"] == 1:
+                break
+            self.assertLess(reactor.seconds(), deadline, f"no sweep of itself: {lines}")
+            await pause(0.1)
+        self.assertEqual([n["number"] for n in nodes], [1])
+        [summary] = [x for x in lines if x["table"] == "summary"]
+        self.assertEqual((summary["address"], summary["hits"]), (backend.address, 1))
+
+        client = await self.connect(port)
+        client.send(b"DUMP everything\r\n")
+        data = await client.when_closed()
+        self.assertEqual(data, b"ERR unknown command; say STATUS or TABLES\r\n")
+
+        client = await self.connect(port)
+        client.send(b"x" * 100)
+        self.assertEqual(await client.when_closed(), b"ERR line too long\r\n")
+
+    async def get_once(self, dlba: Dlba) -> None:
+        result = await self.curl("-fsS", "-o", "/dev/null", f"http://127.0.0.1:{dlba.http}/")
+        self.assertEqual(result.code, 0, result.text)
