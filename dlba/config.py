@@ -1111,7 +1111,7 @@ class _Checker:
             ),
             sweep_timeout=self.number(d, w, "sweep_timeout", default.sweep_timeout),
             sweep_retries=self.integer(
-                d, w, "sweep_retries", default.sweep_retries, 0, "retries after a failed visit"
+                d, w, "sweep_retries", default.sweep_retries, 1, "tries before a node is failed"
             ),
             ping_interval=self.number(d, w, "ping_interval", default.ping_interval),
             ping_misses=self.integer(

@@ -10,13 +10,46 @@ from twisted.application.service import IServiceCollection, MultiService
 from twisted.logger import ILogObserver, Logger
 
 from dlba.array.status import StatusFactory
+from dlba.array.sweep import Address, SweepService
 from dlba.config import Config
 from dlba.proxy.service import make_proxy_service
+from dlba.report import NodeReport
 from dlba.routing import backend_table, build_router
+from dlba.sweep import Sweep
+from dlba.tables import NodeState, NodeStatusTable, SummaryTable
 
 # Stable namespaces, whatever module an event comes from: operators filter on them.  (A
 # Logger on a class would take the class's module and name, which move with the code.)
 log = Logger(namespace="dlba.node")
+
+
+def endpoint_option(description: str, key: str, position: int) -> str | None:
+    """A tcp endpoint string's ``key`` (``port``, ``interface``), by name or position."""
+    parts = re.split(r"(?<!\\):", description)
+    if not parts or parts[0] not in ("tcp", "tcp6"):
+        return None
+    positional = [p for p in parts[1:] if "=" not in p]
+    for p in parts[1:]:
+        name, eq, value = p.partition("=")
+        if eq and name == key:
+            return value.replace("\\:", ":")
+    return positional[position - 1] if len(positional) >= position else None
+
+
+def array_nodes(config: Config) -> NodeStatusTable:
+    """The node status table's static columns; a config without ``[[array.node]]`` is a
+    one-node array of this node alone."""
+    if config.array.nodes:
+        return NodeStatusTable(
+            NodeState(n.number, n.mac, n.ip, n.weight, n.enabled) for n in config.array.nodes
+        )
+    ip = (config.listen.status and endpoint_option(config.listen.status, "interface", 2)) or ""
+    return NodeStatusTable([NodeState(config.node.number, "", ip or "127.0.0.1")])
+
+
+def scheduler_of(config: Config) -> int:
+    """Until the control plane elects one: the first node of ``[[array.node]]``."""
+    return config.array.nodes[0].number if config.array.nodes else config.node.number
 
 
 def bind_to(description: str, ip: str | None) -> str:
@@ -34,6 +67,9 @@ class NodeService(MultiService):
         self.config = config
         self.reactor = reactor
         self._json_log = json_log
+        # Where this node's status daemon really listens (its port may be 0 in the file).
+        self.status_address: Address | None = None
+        self.report: NodeReport | None = None
 
     def setServiceParent(self, parent: IServiceCollection) -> None:  # type: ignore[override]
         # twistd asks the application for an ILogObserver before it starts logging.
@@ -51,7 +87,14 @@ class NodeService(MultiService):
         for svc in self._listeners():
             waiting = getattr(svc, "_waitingForPort", None)
             if waiting is not None:
+                if svc.name == "status":
+                    waiting.addCallback(self._status_listening)
                 waiting.addCallback(self._announce_when_running, svc.name)
+
+    def _status_listening(self, port: Any) -> Any:
+        address = port.getHost()
+        self.status_address = (address.host, address.port)
+        return port
 
     def _listeners(self) -> list[Any]:
         found = []
@@ -97,6 +140,7 @@ def make_node_service(
         if description
     }
     router = build_router(config, table) if listen else None
+    proxy = None
     if router is not None:
         proxy = make_proxy_service(
             config,
@@ -107,14 +151,49 @@ def make_node_service(
             tls_wrap=lambda factory: wrap_tls(factory, tls_context),
         )
         proxy.setServiceParent(node)
+    nodes = array_nodes(config)
+    scheduler = scheduler_of(config)
+    sweep = None
+    if config.listen.status and scheduler == config.node.number:
+        sweep = Sweep(
+            nodes,
+            SummaryTable(),
+            timeout=config.array.sweep_timeout,
+            tries=max(1, config.array.sweep_retries),
+            delay=config.array.sweep_delay,
+        )
+    node.report = NodeReport(
+        config.node.number,
+        reactor.seconds(),
+        table,
+        router.pools if router is not None else (),
+        policies={p.name: p.policy for p in config.pools},
+        counters=proxy.core if proxy is not None else None,
+        nodes=nodes,
+        sweep=sweep,
+        scheduler=lambda: scheduler,
+        table_size=config.array.table_size,
+    )
     if config.listen.status:
         svc = strports.service(
             bind_to(config.listen.status, ip),
-            StatusFactory(config.node.number, table, reactor, router.pools if router else ()),
+            StatusFactory(node.report, reactor),
             reactor=reactor,
         )
         svc.setName("status")
         svc.setServiceParent(node)
+    if sweep is not None:
+        status_port = endpoint_option(config.listen.status or "", "port", 1)
+        own = config.node.number
+
+        def address_of(peer: NodeState) -> Address | None:
+            if peer.number == own and node.status_address is not None:
+                return node.status_address
+            if status_port is None or status_port == "0":
+                return None
+            return (peer.ip, int(status_port))
+
+        SweepService(sweep, reactor, address_of).setServiceParent(node)
     for name, endpoint, factory in extra:
         svc = strports.service(endpoint, factory, reactor=reactor)
         svc.setName(name)

@@ -210,6 +210,7 @@ class CookiePolicy(_Persistent):
                 injected = injected_cookie(self.cookie, backend.number, attributes)
         if injected is None:
             return []
+        backend.sessions_assigned += 1
         added = [(b"Set-Cookie", injected)]
         if not has_cache_control:
             # Shared caches must not hand one client's back-end cookie to another.
@@ -280,11 +281,14 @@ class SessionPolicy(_Persistent):
             elif lname == b"location" and self.session_params:
                 learned = url_session_id(value, self.session_params)
             if learned:
+                if self.table.peek(learned, now) != backend.number:
+                    backend.sessions_assigned += 1
                 self.table.learn(learned, backend.number, now)
         # A request whose session this back end now holds (new to us, or moved here
         # because its back end died or was disabled) keeps going there.
         sid = self.session_id(request)
         if sid is not None and self.table.peek(sid, now) != backend.number:
+            backend.sessions_assigned += 1
             self.table.learn(sid, backend.number, now)
         return []
 

@@ -1,11 +1,13 @@
 """The tables of DESIGN.md §4.  Pure: every time is passed in by the caller.
 
-So far: the back-end status table, kept by the proxy on every node.
+The back-end status table (kept by the proxy on every node), the node status table and
+the summary table (kept by the sweep on the scheduler).
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,6 +17,11 @@ class CountsWaiting(Protocol):
     """A wait queue that can say how many of its requests are bound to a back end."""
 
     def waiting_for(self, backend: int) -> int: ...
+
+
+# Upper bounds (seconds, inclusive) of the response-time histogram: Prometheus's defaults,
+# which span a cache hit to a slow report.
+RESPONSE_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class BackendState:
@@ -41,6 +48,9 @@ class BackendState:
         "open_connections",
         "port",
         "queues",
+        "response_counts",
+        "response_sum",
+        "sessions_assigned",
         "weight",
     )
 
@@ -77,6 +87,10 @@ class BackendState:
         self.limit = limit  # requests in flight at most; 0: no limit
         self.metric = 0.0  # what the feedback controller steers by (p90 s or completions/s)
         self.avg_response_time = 0.0
+        # A histogram of response times: counts per RESPONSE_BOUNDS bucket, +Inf last.
+        self.response_counts = [0] * (len(RESPONSE_BOUNDS) + 1)
+        self.response_sum = 0.0
+        self.sessions_assigned = 0  # new sessions (cookie groups) given to this back end
 
     def count_waiting_in(self, queue: CountsWaiting) -> None:
         """``queue`` may hold requests bound to this back end: count them in ``queued``."""
@@ -136,6 +150,8 @@ class BackendState:
 
     def record_response(self, seconds: float) -> None:
         self.hits += 1
+        self.response_counts[bisect_left(RESPONSE_BOUNDS, seconds)] += 1
+        self.response_sum += seconds
         if self.avg_response_time == 0.0:
             self.avg_response_time = seconds
         else:
@@ -210,3 +226,148 @@ class BackendStatusTable:
         """Seconds until the first failed back end may be tried again (for Retry-After)."""
         waits = [b.retry_after(now) for b in self._rows.values() if b.enabled and b.failed(now)]
         return min(waits) if waits else 1
+
+
+class NodeState:
+    """One row of the node status table (the scheduler's view of one DLBA node).
+
+    The static columns come from ``[[array.node]]``; the dynamic ones from the sweep.
+    """
+
+    __slots__ = (
+        "avg_response_time",
+        "buckets",
+        "enabled",
+        "failed",
+        "hits",
+        "ip",
+        "last_error",
+        "last_seen",
+        "mac",
+        "number",
+        "open_connections",
+        "weight",
+    )
+
+    def __init__(
+        self, number: int, mac: str, ip: str, weight: int = 1, enabled: bool = True
+    ) -> None:
+        self.number = number
+        self.mac = mac
+        self.ip = ip
+        self.weight = weight
+        self.enabled = enabled
+        self.buckets = 0  # client-table buckets assigned (kept by the client table)
+        self.avg_response_time = 0.0
+        self.hits = 0
+        self.open_connections = 0
+        # A node is presumed alive until the sweep fails it: failing every node at start
+        # would send the client table's buckets nowhere.
+        self.failed = False
+        self.last_seen: float | None = None
+        self.last_error = ""
+
+    def row(self) -> dict[str, object]:
+        return {
+            "number": self.number,
+            "mac": self.mac,
+            "ip": self.ip,
+            "enabled": self.enabled,
+            "weight": self.weight,
+            "buckets": self.buckets,
+            "avg_response_time": self.avg_response_time,
+            "hits": self.hits,
+            "open_connections": self.open_connections,
+            "failed": self.failed,
+            "last_seen": self.last_seen,
+            "last_error": self.last_error,
+        }
+
+
+class NodeStatusTable:
+    """Every node of the array, in ``[[array.node]]`` order (the scheduler priority)."""
+
+    def __init__(self, nodes: Iterable[NodeState] = ()) -> None:
+        self._rows: dict[int, NodeState] = {}
+        for n in nodes:
+            if n.number in self._rows:
+                raise ValueError(f"node {n.number} twice in the node status table")
+            self._rows[n.number] = n
+
+    def get(self, number: int) -> NodeState | None:
+        return self._rows.get(number)
+
+    def __iter__(self) -> Iterator[NodeState]:
+        return iter(self._rows.values())
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def live(self) -> list[NodeState]:
+        return [n for n in self._rows.values() if n.enabled and not n.failed]
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """What one node said of one back end in its status answer."""
+
+    number: int
+    address: str
+    hits: int
+    open_connections: int
+    sessions: int
+
+
+@dataclass
+class SummaryRow:
+    """One back end over all nodes: for monitoring, never for scheduling."""
+
+    backend: int
+    address: str
+    sessions: int = 0
+    hits: int = 0
+    open_connections: int = 0
+
+    def row(self) -> dict[str, object]:
+        return {
+            "backend": self.backend,
+            "address": self.address,
+            "sessions": self.sessions,
+            "hits": self.hits,
+            "open_connections": self.open_connections,
+        }
+
+
+class SummaryTable:
+    """Per back end, the sum of what every node last reported.
+
+    Hits and sessions assigned are counters, so a failed node's last report still counts
+    (they happened); its open connections do not (they are gone with it).
+    """
+
+    def __init__(self) -> None:
+        self._reports: dict[int, tuple[BackendReport, ...]] = {}
+        self._failed: set[int] = set()
+        self.rows: list[SummaryRow] = []
+
+    def node_reported(self, node: int, backends: Iterable[BackendReport]) -> None:
+        self._reports[node] = tuple(backends)
+        self._failed.discard(node)
+
+    def node_failed(self, node: int) -> None:
+        self._failed.add(node)
+
+    def rebuild(self) -> list[SummaryRow]:
+        rows: dict[int, SummaryRow] = {}
+        for node, reports in sorted(self._reports.items()):
+            alive = node not in self._failed
+            for r in reports:
+                row = rows.get(r.number)
+                if row is None:
+                    row = rows[r.number] = SummaryRow(r.number, r.address)
+                row.hits += r.hits
+                row.sessions += r.sessions
+                if alive:
+                    row.open_connections += r.open_connections
+        self.rows = [rows[k] for k in sorted(rows)]
+        return self.rows

@@ -302,12 +302,12 @@ class DefaultTests(SynchronousTestCase):
     def test_zero_where_zero_means_something(self) -> None:
         config = parse(
             "[limits]\nshutdown_grace = 0\nmax_body_bytes = 0\n"
-            "[array]\nsweep_delay = 0\nsweep_retries = 0\n",
+            "[array]\nsweep_delay = 0\nsweep_retries = 1\n",
             "dlba.toml",
         )
         self.assertEqual(config.limits.shutdown_grace, 0.0)
         self.assertEqual(config.limits.max_body_bytes, 0)
-        self.assertEqual((config.array.sweep_delay, config.array.sweep_retries), (0.0, 0))
+        self.assertEqual((config.array.sweep_delay, config.array.sweep_retries), (0.0, 1))
 
     def test_node_number_free_without_array_nodes(self) -> None:
         self.assertEqual(parse("[node]\nnumber = 7\n", "x.toml").node.number, 7)
@@ -880,7 +880,7 @@ class ValueTests(ErrorAssertions):
             "[persistence]\nsession_table_size = 0  # <--\n", "persistence.session_table_size"
         )
         self.assertConfigError("[array]\nping_misses = 0  # <--\n", "array.ping_misses")
-        self.assertConfigError("[array]\nsweep_retries = -1  # <--\n", "array.sweep_retries")
+        self.assertConfigError("[array]\nsweep_retries = 0  # <--\n", "array.sweep_retries")
         self.assertConfigError("[node]\nnumber = 0  # <--\n", "node.number")
 
     def test_table_size_prime(self) -> None:

@@ -1,21 +1,15 @@
-"""Small glue: deadlines, the access log, the status daemon."""
+"""Small glue: deadlines and the access log."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from dlba.array.status import StatusFactory
-from dlba.policy import RoundRobin
 from dlba.proxy.accesslog import AccessLog, escape
 from dlba.proxy.deadlines import NEVER, DeadlineSweeper, body_deadline
-from dlba.routing import Pool
-from dlba.tables import BackendState, BackendStatusTable
 
 
 class Watched:
@@ -68,53 +62,6 @@ class AccessLogTests(SynchronousTestCase):
         )
         self.assertTrue(lines[1].endswith(b'"-" 400 - "-" "-"'))
         self.assertEqual(escape(b"plain"), b"plain")
-
-
-class StatusTests(SynchronousTestCase):
-    def test_dumps_table_and_closes(self) -> None:
-        table = BackendStatusTable([BackendState(1, "127.0.0.1", 9001, limit=8)])
-        factory = StatusFactory(3, table, Clock())
-        proto = factory.buildProtocol(None)  # type: ignore[arg-type]
-        assert proto is not None
-        t = StringTransport()
-        proto.makeConnection(t)
-        lines = [json.loads(line) for line in t.value().splitlines()]
-        self.assertEqual(lines[0]["number"], 3)
-        self.assertEqual(lines[1]["address"], "127.0.0.1:9001")
-        self.assertEqual(lines[1]["limit"], 8)
-        self.assertEqual(lines[-1], {"table": "end"})
-        self.assertTrue(t.disconnecting)
-
-    def test_pool_queue_line(self) -> None:
-        clock = Clock()
-        backend = BackendState(1, "127.0.0.1", 9001, limit=1)
-        pool = Pool("app", [backend], RoundRobin(), queue_limit=4, queue_timeout=2.0)
-        pool.queue.push("a", None, 2.0, now=0.0)
-        pool.queue.push("b", 1, 2.5, now=0.5)
-        pool.admission.admit_request(4)
-        pool.expired = 3
-        clock.advance(1.5)
-        factory = StatusFactory(1, BackendStatusTable([backend]), clock, [pool])
-        t = StringTransport()
-        proto = factory.buildProtocol(None)  # type: ignore[arg-type]
-        assert proto is not None
-        proto.makeConnection(t)
-        [row] = [r for r in map(json.loads, t.value().splitlines()) if r["table"] == "pool"]
-        self.assertEqual(
-            row,
-            {
-                "table": "pool",
-                "name": "app",
-                "queued": 2,
-                "oldest_wait": 1.5,
-                "queue_limit": 4,
-                "queue_timeout": 2.0,
-                "refusing_connections": False,
-                "refused_requests": 1,
-                "refused_connections": 0,
-                "expired": 3,
-            },
-        )
 
 
 class BodyDeadlineTests(SynchronousTestCase):

@@ -18,7 +18,8 @@ from zope.interface.verify import verifyObject
 
 from dlba import tap
 from dlba.certs import make_cert
-from dlba.node import bind_to
+from dlba.config import parse
+from dlba.node import array_nodes, bind_to, endpoint_option
 
 CONFIG = """
 [node]
@@ -128,6 +129,7 @@ class MakeServiceTests(SynchronousTestCase):
         svc.startService()
         ports = sorted(p[0] for p in reactor.tcpServers)
         self.assertEqual(ports, [7701, 8080, 8443, 9001, 9002, 9003])
+        self.assertEqual(svc.getServiceNamed("sweep").sweep.tries, 3)  # type: ignore[attr-defined]
         self.assertTrue(os.path.exists(os.path.join(d, "tls", "selfsigned.pem")))
         svc.stopService()
 
@@ -139,6 +141,34 @@ class MakeServiceTests(SynchronousTestCase):
         )
         self.assertEqual(bind_to("tcp:80", None), "tcp:80")
         self.assertEqual(bind_to("unix:/x", "10.0.0.1"), "unix:/x")
+
+    def test_endpoint_option(self) -> None:
+        self.assertEqual(endpoint_option("tcp:7701", "port", 1), "7701")
+        self.assertEqual(endpoint_option("tcp:port=7701:interface=::1", "port", 1), "7701")
+        self.assertEqual(
+            endpoint_option("tcp:7701:interface=127.0.0.2", "interface", 2), "127.0.0.2"
+        )
+        self.assertEqual(endpoint_option("tcp6:7701:interface=\\:\\:1", "interface", 2), "::1")
+        self.assertEqual(endpoint_option("tcp:7701:50:127.0.0.3", "interface", 3), "127.0.0.3")
+        self.assertIsNone(endpoint_option("tcp:7701", "interface", 2))
+        self.assertIsNone(endpoint_option("unix:/run/x", "port", 1))
+
+    def test_only_the_first_array_node_sweeps(self) -> None:
+        o = self.options()
+        node2 = tap.makeService(o, MemoryReactorClock())
+        self.assertRaises(KeyError, node2.getServiceNamed, "sweep")  # type: ignore[attr-defined]
+        o1 = tap.Options()
+        o1.parseOptions(["--config", o["config"], "--node", "1"])
+        node1 = tap.makeService(o1, MemoryReactorClock())
+        sweep = node1.getServiceNamed("sweep").sweep  # type: ignore[attr-defined]
+        self.assertEqual([n.ip for n in sweep.nodes], ["127.0.0.11", "127.0.0.12"])
+        self.assertEqual(node1.report.node(0.0)["role"], "scheduler")  # type: ignore[attr-defined]
+        self.assertEqual(node2.report.node(0.0)["role"], "node")  # type: ignore[attr-defined]
+
+    def test_without_array_nodes_a_node_sweeps_itself(self) -> None:
+        config = parse('[listen]\nstatus = "tcp:7701:interface=127.0.0.5"\n', "x.toml")
+        [only] = list(array_nodes(config))
+        self.assertEqual((only.number, only.ip), (1, "127.0.0.5"))
 
 
 class CommandLineTests(SynchronousTestCase):
@@ -244,7 +274,10 @@ class ControlTests(SynchronousTestCase):
         assert proto is not None
         t = StringTransport()
         proto.makeConnection(t)
-        rows = [json.loads(line) for line in t.value().splitlines()]
+        proto.dataReceived(b"STATUS\r\n")
+        lines = t.value().splitlines()
+        self.assertEqual(lines[-1], b"END")
+        rows = [json.loads(line) for line in lines[:-1]]
         sessions = [r for r in rows if r["table"] == "sessions"]
         self.assertEqual(sessions[0]["pool"], "a")
         self.assertEqual(sessions[0]["size"], 0)

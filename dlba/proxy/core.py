@@ -54,6 +54,7 @@ class ProxyCore:
         self.upstreams: dict[tuple[int, bool], ConnectionPool] = {}
         self.draining = False
         self.rejected = 0  # requests refused for what the client sent
+        self.connections_total = 0  # client connections accepted since start
         self._all_closed: list[Deferred[None]] = []
 
     @property
@@ -118,8 +119,13 @@ class ProxyCore:
         for pool in self.upstreams.values():
             pool.close_idle()
 
+    @property
+    def connections_open(self) -> int:
+        return len(self.connections)
+
     def connection_opened(self, front: ClientConnection) -> None:
         self.connections.add(front)
+        self.connections_total += 1
 
     def connection_closed(self, front: ClientConnection) -> None:
         self.connections.discard(front)

@@ -248,7 +248,7 @@ class Child(ProcessProtocol):
             f"{self.name} to exit",
         )
 
-    def signal(self, name: str) -> None:
+    def signal(self, name: str | int) -> None:
         if self.running and self.transport is not None:
             self.transport.signalProcess(name)
 
@@ -465,7 +465,7 @@ def dlba_config(
 class Dlba:
     """One ``twistd dlba`` child process reading ``config_path``."""
 
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, *args: str) -> None:
         self.config_path = config_path
         self.events: list[dict[str, Any]] = []
         self.lines: list[bytes] = []
@@ -480,6 +480,7 @@ class Dlba:
             "dlba",
             "--config",
             config_path,
+            *args,
         ]
         if FROM_TREE:
             env, cwd = dict(CHILD_ENV, PYTHONPATH=REPO), REPO
@@ -805,6 +806,30 @@ async def connect(port: int, *, tls: bool = False) -> RawClient:
         connectProtocol(endpoint, RawClient()), CLIENT_DEADLINE, "a connection"
     )
     return client
+
+
+async def status_lines(
+    port: int, command: bytes = b"STATUS", host: str = "127.0.0.1"
+) -> list[dict[str, Any]]:
+    """A status daemon's answer to ``command``: its JSON lines, once it has closed.  An
+    answer that does not end in ``END`` fails the test."""
+    if host == "127.0.0.1":
+        client = await connect(port)
+    else:
+        client = await within(
+            connectProtocol(TCP4ClientEndpoint(reactor, host, port, timeout=5), RawClient()),
+            CLIENT_DEADLINE,
+            f"a connection to {host}:{port}",
+        )
+    client.send(command + b"\r\n")
+    try:
+        data = await client.when_closed()
+    finally:
+        await client.close()
+    lines = data.splitlines()
+    if not lines or lines[-1] != b"END":
+        raise AssertionError(f"the status answer does not end in END: {data[-200:]!r}")
+    return [json.loads(line) for line in lines[:-1]]
 
 
 def request(

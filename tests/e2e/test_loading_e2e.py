@@ -10,7 +10,6 @@ daemon first (``barrier``).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -22,9 +21,9 @@ from tests.e2e.harness import (
     E2ETestCase,
     RawClient,
     Response,
-    connect,
     reactor,
     request,
+    status_lines,
 )
 
 
@@ -41,10 +40,7 @@ def retry_after_ok(response: Response) -> bool:
 class LoadingTests(E2ETestCase):
     async def status(self, dlba: Dlba) -> list[dict[str, Any]]:
         """The status daemon's tables, as they were when it accepted the connection."""
-        client = await connect(dlba.ports["status"])
-        self.addCleanup(client.close)
-        data = await client.when_closed()
-        return [json.loads(line) for line in data.splitlines() if line.strip()]
+        return await status_lines(dlba.ports["status"])
 
     async def barrier(self, dlba: Dlba) -> None:
         """Until dlba has handled whatever reached it before now.

@@ -4,7 +4,6 @@ disabled back ends, against real back ends and a real ``twistd dlba``."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
@@ -16,9 +15,9 @@ from tests.e2e.harness import (
     PoolSpec,
     RawClient,
     Response,
-    connect,
     curl_responses,
     request,
+    status_lines,
 )
 
 PERSISTENCE: dict[str, object] = {
@@ -295,10 +294,7 @@ class CookiePersistenceTests(E2ETestCase):
 
 class SessionPersistenceTests(E2ETestCase):
     async def status(self, port: int) -> list[dict[str, Any]]:
-        client = await connect(port)
-        self.addCleanup(client.close)
-        data = await client.when_closed()
-        return [json.loads(line) for line in data.splitlines() if line.strip()]
+        return await status_lines(port)
 
     async def test_session_ids_from_cookie_and_url(self) -> None:
         backends = [self.backend(f"b{i + 1}") for i in range(3)]
