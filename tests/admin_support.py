@@ -152,10 +152,13 @@ class ReportFixture:
     def __init__(self, report: dict[str, Any] | None = None) -> None:
         self.data = report if report is not None else fixture_report()
         self.calls: list[float] = []
+        self.broken = False  # True: report() raises, as a bug in the node would
 
     def report(self, now: float) -> dict[str, Any]:
         """The data as at ``now``: every time in it moves with the clock, ages stay."""
         self.calls.append(now)
+        if self.broken:
+            raise RuntimeError("the report is broken")
         out = copy.deepcopy(self.data)
         shift = now - out["time"]
         out["time"] = now

@@ -487,3 +487,60 @@ class ServiceTests(SynchronousTestCase):
         static = resources.files("dlba.admin").joinpath("static")
         for name in STATIC_FILES:
             self.assertTrue(static.joinpath(name).is_file(), name)
+
+
+class NodeWiringTests(SynchronousTestCase):
+    """``[listen] admin`` in the config: the node's report, on the node's own ip."""
+
+    CONFIG = """
+[listen]
+status = "tcp:0"
+admin = "tcp:0"
+[array]
+sweep_delay = 2.0
+sweep_timeout = 1.0
+sweep_retries = 3
+[[array.node]]
+number = 1
+mac = "02:00:00:00:00:01"
+ip = "127.0.0.21"
+[[array.node]]
+number = 2
+mac = "02:00:00:00:00:02"
+ip = "127.0.0.22"
+"""
+
+    def test_admin_listens_on_the_node_ip_and_reads_its_report(self) -> None:
+        from dlba.config import parse
+        from dlba.node import make_node_service
+
+        reactor = MemoryReactorClock()
+        reactor.advance(NOW)
+        node = make_node_service(parse(self.CONFIG, "x.toml"), reactor)
+        node.startService()
+        self.addCleanup(node.stopService)
+        admin = node.getServiceNamed("admin")
+        site: Any = next(f for _, f, _, _ in reactor.tcpServers if hasattr(f, "resource"))
+        self.assertEqual(
+            sorted(i for _, _, _, i in reactor.tcpServers), ["127.0.0.21", "127.0.0.21"]
+        )
+        status = site.resource.children[b"api"].children[b"status"]
+        self.assertIs(status.source, node.report)
+        self.assertEqual(status.history.times[-1], NOW)  # sampled at start
+        # a 2 s pause and two nodes of 1 s each, three tries: amber past 8 s, red past 16 s
+        self.assertEqual((status.settings.sweep_warn, status.settings.sweep_alarm), (8.0, 16.0))
+        self.assertEqual(admin.getServiceNamed("admin-sampler").clock, reactor)
+
+    def test_no_admin_key_no_admin_web(self) -> None:
+        from dlba.config import parse
+        from dlba.node import make_node_service
+
+        node = make_node_service(parse('[listen]\nstatus = "tcp:0"\n', "x.toml"), Clock())
+        self.assertRaises(KeyError, node.getServiceNamed, "admin")
+
+    def test_the_demo_serves_it_on_7780(self) -> None:
+        from dlba.demo import demo_config
+
+        self.assertEqual(
+            demo_config("/tmp/x", "x.pem").listen.admin, "tcp:7780:interface=127.0.0.1"
+        )

@@ -10,8 +10,9 @@
   const PALETTE = ["#4c8dff", "#2fbf86", "#f0a53a", "#b67cf0", "#f06a9b",
                    "#36c2d1", "#f27b4b", "#8fc24a", "#7d8cf5", "#d4a84e"];
   const UNASSIGNED = "#8a93a380";
+  const MIN_SPAN = 20; // samples: the narrowest time a sparkline's width stands for
 
-  const state = { refresh: 2, timer: null, lastOk: null, inFlight: false, tableVersion: null };
+  const state = { refresh: 2, timer: null, lastOk: null, inFlight: false, tableVersion: null, times: [] };
 
   // ---------------------------------------------------------------- small helpers
   function $(id) { return document.getElementById(id); }
@@ -123,7 +124,9 @@
   function drawSpark(svg, values, length, format) {
     values = values || [];
     const n = values.length;
-    const window = Math.max(length || n, 2);
+    // The samples there are span the width once there are enough of them; a young
+    // history starts at the right and grows leftwards, so its slope is not exaggerated.
+    const window = Math.max(Math.min(length || n, Math.max(n, MIN_SPAN)), 2);
     let max = 0;
     for (const v of values) if (v !== null && v > max) max = v;
     const top = max > 0 ? max * 1.25 : 1;
@@ -141,12 +144,18 @@
     };
     values.forEach((v, i) => { if (v === null) flush(); else run.push([x(i), y(v)]); });
     flush();
+    // All zeros (no refusals, an empty queue): drawn quiet, not in the series' colour.
+    svg.classList.toggle("flat", max === 0);
     if (svg.parts.line.getAttribute("d") !== line) {
       svg.parts.line.setAttribute("d", line);
       svg.parts.area.setAttribute("d", area);
     }
     const now = last(values);
-    setText(svg.parts.title, "now " + format(now) + " · peak " + format(max || (now === null ? null : 0)));
+    // Every series ends at the latest sample time: its first value is n samples back.
+    const times = state.times;
+    const first = times.length >= n && n > 1 ? times[times.length - n] : null;
+    const period = first !== null ? " over the last " + span(times[times.length - 1] - first) : "";
+    setText(svg.parts.title, "now " + format(now) + " · peak " + format(now === null && !max ? null : max) + period);
   }
 
   // ---------------------------------------------------------------- keyed lists
@@ -274,7 +283,7 @@
     drawSpark(tileSpark("tile-open"), nh.open, h.length, count);
 
     const tResp = $("tile-response");
-    setText(field(tResp, "response"), duration(node.avg_response_time));
+    setText(field(tResp, "response"), node.hits ? duration(node.avg_response_time) : "–");
     drawSpark(tileSpark("tile-response", "resp"), nh.response, h.length, duration);
 
     const backends = r.backends || [];
@@ -363,7 +372,7 @@
       setText(tr.spark.v, rate(last(series.rate)));
       drawSpark(tr.spark.svg, series.rate, h.length, rate);
       setText(field(tr, "hits"), count(n.hits));
-      setText(field(tr, "response"), duration(n.avg_response_time));
+      setText(field(tr, "response"), n.hits ? duration(n.avg_response_time) : "–");
       const seen = n.last_seen === null || n.last_seen === undefined ? null : r.time - n.last_seen;
       setText(field(tr, "last_seen"), age(seen));
       setText(field(tr, "last_error"), n.last_error || "");
@@ -530,7 +539,8 @@
     setText(field(tr, "queued"), count(b.queued));
     setText(field(tr, "limit"), count(b.limit));
     const series = (h.backends || {})[String(b.number)] || {};
-    setText(tr.resp.v, duration(b.avg_response_time));
+    // Never answered: no response time, rather than a 0 ms that looks fast.
+    setText(tr.resp.v, b.hits ? duration(b.avg_response_time) : "–");
     drawSpark(tr.resp.svg, series.response, h.length, duration);
     setText(tr.rate.v, rate(last(series.rate)));
     drawSpark(tr.rate.svg, series.rate, h.length, rate);
@@ -583,6 +593,7 @@
   // ---------------------------------------------------------------- the loop
   function render(r) {
     const h = r.history || {};
+    state.times = h.times || [];
     renderHeader(r);
     renderTiles(r, h);
     renderArray(r, h);
