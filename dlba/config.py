@@ -207,6 +207,19 @@ class Config:
         return None
 
 
+def endpoint_option(description: str, key: str, position: int) -> str | None:
+    """A tcp endpoint string's ``key`` (``port``, ``interface``), by name or position."""
+    parts = re.split(r"(?<!\\):", description)
+    if not parts or parts[0] not in ("tcp", "tcp6"):
+        return None
+    positional = [p for p in parts[1:] if "=" not in p]
+    for p in parts[1:]:
+        name, eq, value = p.partition("=")
+        if eq and name == key:
+            return value.replace("\\:", ":")
+    return positional[position - 1] if len(positional) >= position else None
+
+
 # --- the schema's closed vocabularies --------------------------------------------------------
 
 POLICIES: Final = ("cookie", "session", "url-hash", "least-load", "round-robin")

@@ -210,3 +210,112 @@ class SyncTLSTests(TestCase):
         except Exception:
             return
         self.fail("connected to node1 believing it was node2")
+
+
+class StagingHandler(Handler):
+    """Two-phase: stages on push, commits only a staged digest."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.staged: str | None = None
+        self.serial = 4
+        self.text = "old"
+
+    def push_config(self, text: str, serial: int) -> str:
+        if self.refuse:
+            raise c.ConfigRefused("dlba.toml:3: pool[1].policy: 'fastest' is not a policy")
+        self.staged = text
+        return f"digest-{len(text)}"
+
+    def commit_config(self, digest: str) -> int:
+        if self.staged is None or digest != f"digest-{len(self.staged)}":
+            raise c.NothingStaged("push first")
+        self.text, self.staged = self.staged, None
+        self.serial += 1
+        return self.serial
+
+    def config(self) -> tuple[str, int]:
+        return self.text, self.serial
+
+
+IPS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
+
+
+class ClientTests(TestCase):
+    """dlba.client against three sync listeners on 127.0.0.11-13 (one port, as one config
+    file gives every node)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.certs = Certificates()
+        self.addCleanup(shutil.rmtree, self.certs.dir)
+        self.handlers = [StagingHandler(), StagingHandler(), StagingHandler()]
+        self.ports: list[Any] = []
+        first = self.listen(0, 0)
+        self.port = first.getHost().port
+        for i in (1, 2):
+            self.listen(i, self.port)
+
+    def listen(self, i: int, port: int) -> Any:
+        pem = self.certs.write(f"n{i + 1}.pem", make_cert([f"node{i + 1}"], ca=self.ca_pem()))
+        p = reactor.listenSSL(
+            port,
+            SyncFactory(self.handlers[i], lambda: [1, 2, 3]),
+            server_options(self.certs.ca, pem),
+            interface=IPS[i],
+        )
+        self.addCleanup(p.stopListening)
+        self.ports.append(p)
+        return p
+
+    def ca_pem(self) -> bytes:
+        # Certificates() keeps only the CA's path: sign the nodes' certificates with it.
+        with open(self.certs.ca, "rb") as f:
+            return f.read()
+
+    def client(self) -> Any:
+        from dlba.client import ArrayClient
+        from dlba.config import parse
+
+        nodes = "".join(
+            f'[[array.node]]\nnumber = {n}\nmac = "02:00:00:00:00:0{n}"\nip = "{ip}"\n'
+            for n, ip in enumerate(IPS, 1)
+        )
+        text = (
+            f'[listen]\nsync = "tcp:{self.port}"\n'
+            f'[tls]\nca = "{self.certs.ca}"\nadmin_certificate = "{self.certs.admin}"\n' + nodes
+        )
+        client = ArrayClient(parse(text, "array.toml"), reactor)
+        self.addCleanup(client.close)
+        return client
+
+    async def test_ask_each_node(self) -> None:
+        client = self.client()
+        self.assertEqual(await client.who_is_scheduler(2), (1, 7))
+        table = await client.client_table(3, since_version=1)
+        self.assertEqual((table.version, table.full, table.buckets), (3, False, {}))
+
+    async def test_push_commits_everywhere(self) -> None:
+        result = await self.client().push("new config")
+        self.assertTrue(result.committed)
+        self.assertEqual(result.serial, 5)  # one past the newest serial the nodes had
+        self.assertEqual(result.serials, {1: 5, 2: 5, 3: 5})
+        self.assertEqual([h.text for h in self.handlers], ["new config"] * 3)
+
+    async def test_one_refusal_and_nobody_changes(self) -> None:
+        self.handlers[1].refuse = True
+        result = await self.client().push("new config")
+        self.assertFalse(result.committed)
+        self.assertEqual(list(result.errors), [2])
+        self.assertIn("pool[1].policy", result.errors[2])
+        self.assertEqual([h.text for h in self.handlers], ["old"] * 3)
+
+    async def test_a_node_down_is_named_and_the_others_commit(self) -> None:
+        await self.ports[2].stopListening()
+        result = await self.client().push("new config")
+        self.assertTrue(result.committed)
+        self.assertEqual(list(result.down), [3])
+        self.assertIn("node 3 (127.0.0.13:", result.down[3])
+        self.assertEqual([h.text for h in self.handlers], ["new config", "new config", "old"])

@@ -18,8 +18,8 @@ from zope.interface.verify import verifyObject
 
 from dlba import tap
 from dlba.certs import make_cert
-from dlba.config import parse
-from dlba.node import array_nodes, bind_to, endpoint_option
+from dlba.config import endpoint_option, parse
+from dlba.node import array_nodes, bind_to
 
 CONFIG = """
 [node]
