@@ -48,7 +48,7 @@ class Handler:
     def commit_config(self, digest: str) -> int:
         return 2
 
-    def config(self) -> tuple[str, int]:
+    def config_text(self) -> tuple[str, int]:
         return "x" * 200_000, 2
 
     def status(self) -> bytes:
@@ -235,7 +235,7 @@ class StagingHandler(Handler):
         self.serial += 1
         return self.serial
 
-    def config(self) -> tuple[str, int]:
+    def config_text(self) -> tuple[str, int]:
         return self.text, self.serial
 
 
