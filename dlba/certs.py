@@ -1,4 +1,5 @@
-"""Certificates dlba makes itself: the demo's self-signed one, and test fixtures.
+"""Certificates dlba makes itself: the demo's self-signed one, the array's own CA with a
+certificate per node and one for dlba-ctl (``dlba-ctl certs init``), and test fixtures.
 
 Everything here returns or writes PEM: a private key followed by the certificate
 chain, leaf first, which is the format ``[tls] certificates`` expects.
@@ -139,6 +140,76 @@ def make_cert(
         )
     cert = builder.sign(issuer_key, hashes.SHA256())
     return _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM) + chain
+
+
+class CertificatesExist(Exception):
+    """``certs init`` would overwrite files; ``paths`` names them."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        super().__init__(
+            "already there: " + ", ".join(paths) + " (pass --force to make new ones; every "
+            "node then needs its new certificate)"
+        )
+
+
+def ca_key_path(ca_path: str) -> str:
+    """Where ``certs init`` keeps the CA's private key: beside the CA certificate, which
+    is all a node needs.  Keep the key off the nodes once their certificates are made."""
+    return ca_path + ".key"
+
+
+def array_certificate_paths(
+    ca: str, admin: str, nodes: Sequence[tuple[int, str, str]]
+) -> dict[str, str]:
+    """What ``certs init`` writes: path → what it is."""
+    paths = {ca: "the array CA", ca_key_path(ca): "the array CA's key", admin: "admin"}
+    for number, path, _ in nodes:
+        paths[path] = f"node{number}"
+    return paths
+
+
+def init_array_certificates(
+    ca: str,
+    admin: str,
+    nodes: Sequence[tuple[int, str, str]],  # (number, certificate path, ip)
+    *,
+    force: bool = False,
+    days: int = 825,
+) -> list[str]:
+    """Make the array CA, one certificate per node (DNS name ``node<N>`` and the node's
+    ip) and the admin certificate; return the paths written."""
+    paths = array_certificate_paths(ca, admin, nodes)
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not force:
+        raise CertificatesExist(existing)
+    ca_pem = make_ca("dlba array CA", days=days * 2)
+    key_end = ca_pem.index(b"-----BEGIN CERTIFICATE")
+    written = []
+    _write(ca_key_path(ca), ca_pem[:key_end], 0o600)
+    _write(ca, ca_pem[key_end:], 0o644)
+    written += [ca, ca_key_path(ca)]
+    for number, path, ip in nodes:
+        _write(path, make_cert([f"node{number}"], ca=ca_pem, ips=[ip], days=days), 0o600)
+        written.append(path)
+    _write(admin, make_cert(["admin"], ca=ca_pem, days=days), 0o600)
+    written.append(admin)
+    return written
+
+
+def _write(path: str, data: bytes, mode: int) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _new_key(key_type: KeyType) -> _PrivateKey:

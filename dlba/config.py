@@ -18,11 +18,11 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
-from dlba.errors import ConfigError
+from dlba.errors import ConfigError, ConfigErrors
 from dlba.hashing import is_prime, next_prime
 
 
@@ -205,6 +205,19 @@ class Config:
             if n.number == self.node.number:
                 return n.ip
         return None
+
+
+def endpoint_option(description: str, key: str, position: int) -> str | None:
+    """A tcp endpoint string's ``key`` (``port``, ``interface``), by name or position."""
+    parts = re.split(r"(?<!\\):", description)
+    if not parts or parts[0] not in ("tcp", "tcp6"):
+        return None
+    positional = [p for p in parts[1:] if "=" not in p]
+    for p in parts[1:]:
+        name, eq, value = p.partition("=")
+        if eq and name == key:
+            return value.replace("\\:", ":")
+    return positional[position - 1] if len(positional) >= position else None
 
 
 # --- the schema's closed vocabularies --------------------------------------------------------
@@ -606,17 +619,43 @@ _ARRAY_KEYS: Final = (*(k for k in _names(ArraySection) if k != "nodes"), "node"
 _POOL_KEYS: Final = (*(k for k in _names(PoolConfig) if k != "backends"), "backend")
 _BACKEND_KEYS: Final = ("number", "address", "weight", "enabled")
 
+_T = TypeVar("_T")
+
 _SECONDS: Final = "a time in seconds"
 _PATH_HINT: Final = "a file path; relative paths are taken from the config file's directory"
 
 
 class _Checker:
-    """Turns tomllib's dicts into a Config, raising the first ConfigError it meets."""
+    """Turns tomllib's dicts into a Config, or raises every mistake it finds.
+
+    Each section, each entry of an array of tables and each unknown key is checked on its
+    own, so one push names every broken part (an entry stops at its first mistake).
+    The checks across sections run only when every part is sound: a broken pool would
+    otherwise show up again as an unknown pool in every rule that names it.
+    """
 
     def __init__(self, path: str, locator: _Locator) -> None:
         self.path = path
         self.locator = locator
         self.base_dir = os.path.dirname(os.path.abspath(path))
+        self.errors: list[ConfigError] = []
+
+    def attempt(self, fallback: _T, check: Callable[..., _T], *args: Any) -> _T:
+        """``check(*args)``, or ``fallback`` with its mistake recorded."""
+        try:
+            return check(*args)
+        except ConfigError as e:
+            self.errors.append(e)
+            return fallback
+
+    def raise_recorded(self) -> None:
+        if not self.errors:
+            return
+        # In the order found: an unknown key comes before the "is missing" it may explain.
+        found = self.errors
+        if len(found) == 1:
+            raise found[0]
+        raise ConfigErrors(found)
 
     # -- failing
 
@@ -645,6 +684,7 @@ class _Checker:
     # -- structure
 
     def known(self, data: Mapping[str, object], where: _Path, keys: Collection[str]) -> None:
+        """Every unknown key is recorded; the known ones are checked all the same."""
         for key in data:
             if key in keys:
                 continue
@@ -653,7 +693,7 @@ class _Checker:
                 hint = f"did you mean {close}?"
             else:
                 hint = f"{_header(where)} takes " + ", ".join(keys)
-            self.fail((*where, key), "unknown key", hint)
+            self.attempt(None, self.fail, (*where, key), "unknown key", hint)
 
     def table(self, data: Mapping[str, object], where: _Path, key: str) -> dict[str, object]:
         value = data.get(key, {})
@@ -898,24 +938,34 @@ class _Checker:
             else:
                 problem = "unknown key outside any section"
                 hint = f"did you mean {close}?" if close else "put keys under a [section]"
-            self.fail((key,), problem, hint)
+            self.attempt(None, self.fail, (key,), problem, hint)
 
-        node = self.node(self.table(data, (), "node"))
-        listen = self.listen(self.table(data, (), "listen"))
-        tls = self.tls(self.table(data, (), "tls"))
-        limits = self.limits(self.table(data, (), "limits"))
-        log = self.log(self.table(data, (), "log"))
-        array = self.array(self.table(data, (), "array"))
-        persistence = self.persistence(self.table(data, (), "persistence"))
-        pools = tuple(
-            self.pool(item, ("pool", index))
-            for index, item in enumerate(self.tables(data, (), "pool"))
-        )
+        def section(check: Callable[[dict[str, object]], _T], name: str, fallback: _T) -> _T:
+            return self.attempt(fallback, lambda: check(self.table(data, (), name)))
+
+        node = section(self.node, "node", NodeSection())
+        listen = section(self.listen, "listen", ListenSection())
+        tls = section(self.tls, "tls", TLSSection())
+        limits = section(self.limits, "limits", LimitsSection())
+        log = section(self.log, "log", LogSection())
+        array = section(self.array, "array", ArraySection())
+        persistence = section(self.persistence, "persistence", PersistenceSection())
+        no_tables: list[dict[str, object]] = []
+        pool_items = self.attempt(no_tables, self.tables, data, (), "pool")
+        checked = [
+            self.attempt(None, self.pool, item, ("pool", index))
+            for index, item in enumerate(pool_items)
+        ]
+        pools = tuple(p for p in checked if p is not None)
+        rule_items = self.attempt(no_tables, self.tables, data, (), "rule")
+        self.raise_recorded()
         self.pools_agree(pools)
-        rules = tuple(
-            self.rule(item, ("rule", index), pools)
-            for index, item in enumerate(self.tables(data, (), "rule"))
-        )
+        checked_rules = [
+            self.attempt(None, self.rule, item, ("rule", index), pools)
+            for index, item in enumerate(rule_items)
+        ]
+        self.raise_recorded()
+        rules = tuple(r for r in checked_rules if r is not None)
 
         if node_override is not None:
             _check_node_override(self.path, node_override, array.nodes)
@@ -1082,10 +1132,14 @@ class _Checker:
                 f"{table_size} is not a prime number",
                 f"use a prime, e.g. {next_prime(max(table_size, 3))}",
             )
-        nodes = tuple(
-            self.array_node(item, ("array", "node", index))
+        checked = [
+            self.attempt(None, self.array_node, item, ("array", "node", index))
             for index, item in enumerate(self.tables(d, w, "node"))
-        )
+        ]
+        nodes = tuple(n for n in checked if n is not None)
+        if len(nodes) < len(checked):
+            # Duplicates among the sound ones would be checked at the wrong index.
+            raise self.errors.pop()
         for attr in ("number", "mac", "ip"):
             seen: dict[object, int] = {}
             for index, n in enumerate(nodes):
@@ -1213,8 +1267,12 @@ class _Checker:
             )
         backends: list[BackendConfig] = []
         seen: dict[int, int] = {}
+        broken = len(self.errors)
         for position, item in enumerate(backends_raw):
-            backend = self.backend(item, (*w, "backend", position))
+            checked = self.attempt(None, self.backend, item, (*w, "backend", position))
+            if checked is None:
+                continue
+            backend = checked
             if backend.number in seen:
                 first = self.locator.line((*w, "backend", seen[backend.number], "number"))
                 self.fail(
@@ -1225,6 +1283,8 @@ class _Checker:
                 )
             seen[backend.number] = position
             backends.append(backend)
+        if len(self.errors) > broken:
+            raise self.errors.pop()  # the pool is broken: its last mistake stands for it
         refuse_at, accept_at = self.admission(d, w, default)
         return PoolConfig(
             name=name,

@@ -22,3 +22,16 @@ class ConfigError(Exception):
         where = self.path if self.line is None else f"{self.path}:{self.line}"
         text = f"{where}: {self.key}: {self.problem}" if self.key else f"{where}: {self.problem}"
         return f"{text} ({self.hint})" if self.hint else text
+
+
+class ConfigErrors(ConfigError):
+    """Several mistakes in one file.  ``str()`` is the first (one line, as for one
+    mistake); ``errors`` holds them all, in file order, and ``report()`` prints them."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.path, first.line, first.key, first.problem, first.hint)
+        self.errors = errors
+
+    def report(self) -> str:
+        return "\n".join(str(e) for e in self.errors)

@@ -11,7 +11,7 @@ from twisted.logger import ILogObserver, Logger
 
 from dlba.array.status import StatusFactory
 from dlba.array.sweep import Address, SweepService
-from dlba.config import Config
+from dlba.config import Config, endpoint_option
 from dlba.proxy.service import make_proxy_service
 from dlba.report import NodeReport
 from dlba.routing import backend_table, build_router
@@ -21,19 +21,6 @@ from dlba.tables import NodeState, NodeStatusTable, SummaryTable
 # Stable namespaces, whatever module an event comes from: operators filter on them.  (A
 # Logger on a class would take the class's module and name, which move with the code.)
 log = Logger(namespace="dlba.node")
-
-
-def endpoint_option(description: str, key: str, position: int) -> str | None:
-    """A tcp endpoint string's ``key`` (``port``, ``interface``), by name or position."""
-    parts = re.split(r"(?<!\\):", description)
-    if not parts or parts[0] not in ("tcp", "tcp6"):
-        return None
-    positional = [p for p in parts[1:] if "=" not in p]
-    for p in parts[1:]:
-        name, eq, value = p.partition("=")
-        if eq and name == key:
-            return value.replace("\\:", ":")
-    return positional[position - 1] if len(positional) >= position else None
 
 
 def array_nodes(config: Config) -> NodeStatusTable:

@@ -10,7 +10,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from dlba import __version__
-from dlba.errors import ConfigError
+from dlba.errors import ConfigError, ConfigErrors
 
 
 def _fail(message: str) -> None:
@@ -70,6 +70,8 @@ class Options(usage.Options):
             return
         try:
             cfg = configmod.load(self["config"], node=self["node"])
+        except ConfigErrors as e:
+            _fail("\ndlba: ".join(str(one) for one in e.errors))
         except ConfigError as e:
             _fail(str(e))
         if self["state-dir"]:

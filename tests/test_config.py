@@ -30,7 +30,7 @@ from dlba.config import (
     parse,
     with_node,
 )
-from dlba.errors import ConfigError
+from dlba.errors import ConfigError, ConfigErrors
 
 # The example in DESIGN.md §10, verbatim.
 DESIGN_EXAMPLE = """\
@@ -1319,3 +1319,57 @@ class PersistenceTests(ErrorAssertions):
         self.assertConfigError(
             '[persistence]\nsession_params = ["sid="]  # <--\n', "persistence.session_params[1]"
         )
+
+
+class EveryErrorTests(SynchronousTestCase):
+    """A push names every broken part at once, each with its line and key."""
+
+    def test_mistakes_in_several_places(self) -> None:
+        text = (
+            "[limits]\n"
+            "header_timeout = -1\n"  # line 2
+            "[array]\n"
+            "table_size = 4000\n"  # line 4
+            "[[pool]]\n"
+            'name = "a"\n'
+            'policy = "fastest"\n'  # line 7
+            "[[pool.backend]]\n"
+            "number = 1\n"
+            'address = "127.0.0.1:9001"\n'
+            "[[pool]]\n"
+            'name = "b"\n'
+            "[[pool.backend]]\n"
+            "number = 1\n"
+            'adress = "127.0.0.1:9002"\n'  # line 15
+        )
+        with self.assertRaises(ConfigErrors) as caught:
+            parse(text, "dlba.toml")
+        found = [(e.line, e.key) for e in caught.exception.errors]
+        self.assertEqual(
+            found,
+            [
+                (2, "limits.header_timeout"),
+                (4, "array.table_size"),
+                (7, "pool[1].policy"),
+                (15, "pool[2].backend[1].adress"),
+                (13, "pool[2].backend[1].address"),
+            ],
+        )
+        self.assertEqual(str(caught.exception), str(caught.exception.errors[0]))
+        self.assertEqual(len(caught.exception.report().splitlines()), 5)
+
+    def test_one_mistake_is_a_plain_config_error(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            parse("[limits]\nheader_timeout = -1\n", "dlba.toml")
+        self.assertNotIsInstance(caught.exception, ConfigErrors)
+
+    def test_cross_checks_wait_for_sound_parts(self) -> None:
+        # A broken pool is not reported again as an unknown pool in the rule naming it.
+        text = (
+            '[[pool]]\nname = "a"\npolicy = "fastest"\n'
+            '[[pool.backend]]\nnumber = 1\naddress = "127.0.0.1:9001"\n'
+            '[[rule]]\npool = "a"\nhost = "x"\n'
+        )
+        with self.assertRaises(ConfigError) as caught:
+            parse(text, "dlba.toml")
+        self.assertEqual(caught.exception.key, "pool[1].policy")

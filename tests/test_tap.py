@@ -18,8 +18,8 @@ from zope.interface.verify import verifyObject
 
 from dlba import tap
 from dlba.certs import make_cert
-from dlba.config import parse
-from dlba.node import array_nodes, bind_to, endpoint_option
+from dlba.config import endpoint_option, parse
+from dlba.node import array_nodes, bind_to
 
 CONFIG = """
 [node]
@@ -64,14 +64,14 @@ class PluginTests(SynchronousTestCase):
 
 
 class OptionsTests(SynchronousTestCase):
-    def parse_fails(self, *argv: str) -> str:
+    def parse_fails(self, *argv: str, lines: int = 1) -> str:
         err = io.StringIO()
         self.patch(sys, "stderr", err)
         with self.assertRaises(SystemExit) as cm:
             tap.Options().parseOptions(list(argv))
         self.assertEqual(cm.exception.code, 2)
         text = err.getvalue()
-        self.assertEqual(text.count("\n"), 1, text)
+        self.assertEqual(text.count("\n"), lines, text)
         return text
 
     def test_needs_config_or_demo(self) -> None:
@@ -82,10 +82,19 @@ class OptionsTests(SynchronousTestCase):
         d = TempDir().make(self)
         path = os.path.join(d, "bad.toml")
         with open(path, "w") as f:
-            f.write('[limits]\nheader_timout = 3\n[[pool]]\nname = "a"\n')
+            f.write("[limits]\nheader_timout = 3\n")
         text = self.parse_fails("--config", path)
         self.assertIn(f"{path}:2:", text)
         self.assertIn("header_timout", text)
+
+    def test_every_config_error_is_a_line(self) -> None:
+        d = TempDir().make(self)
+        path = os.path.join(d, "bad.toml")
+        with open(path, "w") as f:
+            f.write('[limits]\nheader_timout = 3\n[[pool]]\nname = "a"\n')
+        first, second = self.parse_fails("--config", path, lines=2).splitlines()
+        self.assertTrue(first.startswith(f"dlba: {path}:2: limits.header_timout"), first)
+        self.assertTrue(second.startswith(f"dlba: {path}:3: pool[1].backend"), second)
 
 
 class MakeServiceTests(SynchronousTestCase):

@@ -510,3 +510,34 @@ class SelfSignedTests(SynchronousTestCase):
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertEqual(san.get_values_for_type(x509.DNSName), ["demo.example"])
         self.assertEqual([str(ip) for ip in san.get_values_for_type(x509.IPAddress)], ["10.0.0.1"])
+
+
+class ArrayCertificatesTests(SynchronousTestCase):
+    def test_init_makes_a_ca_node_and_admin_certificates_and_refuses_to_overwrite(self) -> None:
+        from cryptography import x509
+
+        from dlba.array.peers import identity
+        from dlba.certs import CertificatesExist, ca_key_path, init_array_certificates
+
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        ca, admin = os.path.join(d, "tls", "ca.pem"), os.path.join(d, "tls", "admin.pem")
+        nodes = [(n, os.path.join(d, "tls", f"node{n}.pem"), f"127.0.0.1{n}") for n in (1, 2)]
+        written = init_array_certificates(ca, admin, nodes)
+        self.assertEqual(len(written), 5)
+        with open(ca, "rb") as f:
+            self.assertNotIn(b"PRIVATE KEY", f.read())  # nodes get the CA without its key
+        self.assertEqual(os.stat(ca_key_path(ca)).st_mode & 0o777, 0o600)
+        for n, path, _ in nodes:
+            with open(path, "rb") as f:
+                pem = f.read()
+            cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE") :])
+            self.assertEqual(identity(cert, [1, 2]), f"node{n}")
+        with open(admin, "rb") as f:
+            pem = f.read()
+        cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE") :])
+        self.assertEqual(identity(cert, [1, 2]), "admin")
+        with self.assertRaises(CertificatesExist) as caught:
+            init_array_certificates(ca, admin, nodes)
+        self.assertIn(ca, caught.exception.paths)
+        self.assertEqual(len(init_array_certificates(ca, admin, nodes, force=True)), 5)
