@@ -626,7 +626,7 @@
     state.inFlight = true;
     let failed = false;
     try {
-      const answer = await fetch("/api/status", { cache: "no-store", headers: { Accept: "application/json" } });
+      const answer = await fetch("api/status", { cache: "no-store", headers: { Accept: "application/json" } });
       if (!answer.ok) throw new Error("HTTP " + answer.status);
       const report = await answer.json();
       const refresh = (report.dashboard || {}).refresh;
