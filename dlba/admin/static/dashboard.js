@@ -583,7 +583,8 @@
       if (s) {
         setText(st.sessions.text, count(s.size) + " / " + count(s.max_size));
         drawSpark(st.sessions.svg, ((h.sessions || {})[p.name] || {}).size, h.length, count);
-        setText(st.hit_rate.text, percent(s.hit_rate) + "  (" + count(s.hits) + " hits, " + count(s.misses) + " misses)");
+        setText(st.hit_rate.text, percent(s.hit_rate) + " · " + count(s.misses) + " missed");
+        setTitle(st.hit_rate.box, count(s.hits) + " requests found their session, " + count(s.misses) + " did not");
       }
       const rows = (p.backends || []).map((n) => backends.get(n)).filter(Boolean);
       sync(parts.body, rows, (b) => b.number, makeBackendRow, (tr, b) => updateBackendRow(tr, b, h));
