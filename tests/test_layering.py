@@ -16,7 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dlba"
 
-# The pure core: tables, hashing, policies, the loading controller, HTTP rules.
+# The pure core: tables, hashing, policies, the loading controller, HTTP rules, and the
+# decisions of dlba-ctl's probe.
 PURE = frozenset(
     {
         "dlba",
@@ -27,6 +28,7 @@ PURE = frozenset(
         "dlba.interfaces",
         "dlba.loading",
         "dlba.policy",
+        "dlba.probe",
         "dlba.routing",
         "dlba.sessions",
         "dlba.tables",
