@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 PACKAGE = Path(__file__).resolve().parent.parent / "dlba"
 
 # The pure core: tables, hashing, policies, the loading controller, HTTP rules, and the
-# decisions of dlba-ctl's probe.
+# decisions of dlba-ctl's probe and log statistics.
 PURE = frozenset(
     {
         "dlba",
@@ -27,6 +27,7 @@ PURE = frozenset(
         "dlba.hashing",
         "dlba.interfaces",
         "dlba.loading",
+        "dlba.logstats",
         "dlba.policy",
         "dlba.probe",
         "dlba.routing",
