@@ -88,7 +88,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    top = _Parser(prog="dlba-ctl", description="Operate dlba: probe a site, read access logs.")
+    top = _Parser(
+        prog="dlba-ctl",
+        description="Operate dlba: probe a site, read access logs, make the array's certificates.",
+    )
     top.add_argument("--version", action="version", version=f"dlba-ctl {__version__}")
     subs = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for c in COMMANDS:
@@ -517,3 +520,58 @@ def logstats(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- the array's certificates -------------------------------------------------------------
+
+
+def _certs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["init"], help="init: make the CA and every certificate")
+    p.add_argument("--config", required=True, metavar="FILE", help="the array's config file")
+    p.add_argument("--force", action="store_true", help="replace certificates already there")
+
+
+@command(
+    "certs",
+    "make the array CA, a certificate per node and the admin one, where [tls] says",
+    _certs_arguments,
+)
+def certs(args: argparse.Namespace) -> int:
+    from dlba.certs import CertificatesExist, init_array_certificates
+    from dlba.config import load, with_node
+    from dlba.errors import ConfigError
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        raise CtlError(str(e), USAGE) from None
+    missing = [
+        key
+        for key, value in (
+            ("tls.ca", config.tls.ca),
+            ("tls.node_certificate", config.tls.node_certificate),
+            ("tls.admin_certificate", config.tls.admin_certificate),
+        )
+        if not value
+    ]
+    if missing:
+        raise CtlError(f"{config.path}: set {', '.join(missing)} under [tls] first", USAGE)
+    if not config.array.nodes:
+        raise CtlError(f"{config.path}: no [[array.node]]: there is no node to certify", USAGE)
+    nodes = []
+    for n in config.array.nodes:
+        path = with_node(config, n.number).tls.node_certificate
+        assert path is not None
+        nodes.append((n.number, path, n.ip))
+    assert config.tls.ca is not None and config.tls.admin_certificate is not None
+    try:
+        written = init_array_certificates(
+            config.tls.ca, config.tls.admin_certificate, nodes, force=args.force
+        )
+    except CertificatesExist as e:
+        raise CtlError(str(e)) from None
+    except OSError as e:
+        raise CtlError(f"{e.filename}: cannot write: {e.strerror}") from None
+    for path in written:
+        print(path)
+    return 0

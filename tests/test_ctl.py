@@ -460,3 +460,54 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(proc.returncode, 0)
         self.assertNotIn(b"Traceback", err)
         self.assertEqual(err, b"")
+
+
+class CertsInitTests(SynchronousTestCase):
+    def config(self, d: str) -> str:
+        path = os.path.join(d, "dlba.toml")
+        with open(path, "w") as f:
+            f.write(
+                '[tls]\nca = "tls/ca.pem"\nnode_certificate = "tls/node{number}.pem"\n'
+                'admin_certificate = "tls/admin.pem"\n'
+                '[[array.node]]\nnumber = 1\nmac = "02:00:00:00:00:01"\nip = "127.0.0.11"\n'
+                '[[array.node]]\nnumber = 2\nmac = "02:00:00:00:00:02"\nip = "127.0.0.12"\n'
+            )
+        return path
+
+    def test_init_writes_where_the_config_says_and_refuses_to_overwrite(self) -> None:
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+
+        from dlba.ctl import main
+
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        path = self.config(d)
+        out = io.StringIO()
+        with redirect_stdout(out):
+            self.assertEqual(main(["certs", "init", "--config", path]), 0)
+        names = sorted(os.path.basename(p) for p in out.getvalue().split())
+        self.assertEqual(names, ["admin.pem", "ca.pem", "ca.pem.key", "node1.pem", "node2.pem"])
+        err = io.StringIO()
+        with redirect_stderr(err):
+            self.assertEqual(main(["certs", "init", "--config", path]), 1)
+        self.assertEqual(err.getvalue().count("\n"), 1)
+        self.assertIn("pass --force", err.getvalue())
+        with redirect_stdout(io.StringIO()):
+            self.assertEqual(main(["certs", "init", "--config", path, "--force"]), 0)
+
+    def test_init_needs_the_tls_paths(self) -> None:
+        import io
+        from contextlib import redirect_stderr
+
+        from dlba.ctl import main
+
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        path = os.path.join(d, "dlba.toml")
+        with open(path, "w") as f:
+            f.write('[[array.node]]\nnumber = 1\nmac = "02:00:00:00:00:01"\nip = "127.0.0.11"\n')
+        err = io.StringIO()
+        with redirect_stderr(err):
+            self.assertEqual(main(["certs", "init", "--config", path]), 2)
+        self.assertIn("tls.ca, tls.node_certificate, tls.admin_certificate", err.getvalue())
