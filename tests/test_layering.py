@@ -23,6 +23,7 @@ PURE = frozenset(
     {
         "dlba",
         "dlba.certs",
+        "dlba.clienttable",
         "dlba.config",
         "dlba.errors",
         "dlba.hashing",
