@@ -25,6 +25,7 @@ PURE = frozenset(
         "dlba.certs",
         "dlba.clienttable",
         "dlba.config",
+        "dlba.election",
         "dlba.errors",
         "dlba.hashing",
         "dlba.interfaces",
