@@ -24,7 +24,9 @@ PURE = frozenset(
     {
         "dlba",
         "dlba.certs",
+        "dlba.clienttable",
         "dlba.config",
+        "dlba.election",
         "dlba.errors",
         "dlba.hashing",
         "dlba.history",
