@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.application import strports
@@ -11,7 +10,7 @@ from twisted.logger import ILogObserver, Logger
 
 from dlba.array.status import StatusFactory
 from dlba.array.sweep import Address, SweepService
-from dlba.config import Config, endpoint_option
+from dlba.config import Config, bind_to, endpoint_option, scheduler_of
 from dlba.proxy.service import make_proxy_service
 from dlba.report import NodeReport
 from dlba.routing import backend_table, build_router
@@ -32,18 +31,6 @@ def array_nodes(config: Config) -> NodeStatusTable:
         )
     ip = (config.listen.status and endpoint_option(config.listen.status, "interface", 2)) or ""
     return NodeStatusTable([NodeState(config.node.number, "", ip or "127.0.0.1")])
-
-
-def scheduler_of(config: Config) -> int:
-    """Until the control plane elects one: the first node of ``[[array.node]]``."""
-    return config.array.nodes[0].number if config.array.nodes else config.node.number
-
-
-def bind_to(description: str, ip: str | None) -> str:
-    """A tcp listener without ``interface=`` binds to this node's own ip (DESIGN.md §10)."""
-    if ip is None or not re.match(r"tcp6?:", description) or "interface=" in description:
-        return description
-    return f"{description}:interface={ip.replace(':', chr(92) + ':')}"
 
 
 class NodeService(MultiService):

@@ -29,6 +29,7 @@ PURE = frozenset(
         "dlba.interfaces",
         "dlba.loading",
         "dlba.policy",
+        "dlba.reload",
         "dlba.routing",
         "dlba.report",
         "dlba.sessions",
