@@ -464,7 +464,7 @@ class SettingsTests(NodeCase):
         new_front, _ = self.client(node)
         self.assertEqual(old_front.limits.idle_timeout, 60.0)
         self.assertEqual(new_front.limits.idle_timeout, 5.0)
-        self.assertEqual([f.max_connections for f in self.proxy(node).factories], [7, 7])
+        self.assertEqual([f.max_connections for f in self.proxy(node).fronts()], [7, 7])
 
     def test_access_log_reopened_when_its_path_changes(self) -> None:
         first = os.path.join(self.dir, "one.log")

@@ -42,13 +42,11 @@ class ProxyService(MultiService):
         self.grace = grace
         self.clock = clock
         self.tls_wrap = tls_wrap  # factory -> the same under TLS, for https
-        self.factories: list[ProxyFactory] = []
 
     def factory_for(self, name: str) -> IProtocolFactory:
         """The factory of a new listener called ``name`` ("http" or "https")."""
         secure = name == "https"
         front = ProxyFactory(self.core, secure, self.core.limits.max_client_connections)
-        self.factories.append(front)
         factory: IProtocolFactory = self.tls_wrap(front) if secure else front
         return factory
 
@@ -71,9 +69,19 @@ class ProxyService(MultiService):
             hsts=new.tls.hsts,
         )
         self.grace = new.limits.shutdown_grace
-        for factory in self.factories:
-            factory.max_connections = new.limits.max_client_connections
+        for front in self.fronts():
+            front.max_connections = new.limits.max_client_connections
         return moved
+
+    def fronts(self) -> list[ProxyFactory]:
+        """The client-side factories of the listeners, under TLS or not."""
+        found = []
+        for listener in self:
+            factory = getattr(listener, "factory", None)
+            factory = getattr(factory, "wrappedFactory", factory)
+            if isinstance(factory, ProxyFactory):
+                found.append(factory)
+        return found
 
     def startService(self) -> None:
         self.core.start()
