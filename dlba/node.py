@@ -21,7 +21,7 @@ from dlba.proxy import listeners
 from dlba.proxy.accesslog import AccessLog
 from dlba.proxy.service import ProxyService, make_proxy_service
 from dlba.proxy.transport import listen_endpoint
-from dlba.reload import check_reloadable, diff
+from dlba.reload import apply_backends, check_reloadable, diff
 from dlba.report import NodeReport
 from dlba.routing import backend_table, build_router
 from dlba.sweep import Sweep
@@ -147,6 +147,9 @@ class NodeService(MultiService):
                 done.append(f"{moved} waiting requests moved to the new pools")
             if access_log_changed:
                 proxy.core.replace_access_log(access_log)
+        elif self.report is not None:
+            # No proxy, but the status daemon still shows the config's back ends.
+            apply_backends(self.report.backends, changes.backends, config)
         self.config = config
         self._reload_array(old, config, proxy)
         for name, (_, endpoint) in changes.listeners.items():

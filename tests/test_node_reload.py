@@ -240,6 +240,41 @@ class ListenerTests(NodeCase):
         self.assertIn(front, self.proxy(node).core.connections)
 
 
+class OpeningTests(NodeCase):
+    def test_status_opened_and_closed_on_a_node_that_does_not_sweep(self) -> None:
+        second_sweeps = (
+            '[[array.node]]\nnumber = 2\nmac = "02:00:00:00:00:02"\nip = "127.0.0.2"\n'
+            '[[array.node]]\nnumber = 1\nmac = "02:00:00:00:00:01"\nip = "127.0.0.1"\n'
+        )
+        with_status = self.config(extra=second_sweeps)
+        without = dataclasses.replace(
+            with_status, listen=dataclasses.replace(with_status.listen, status=None)
+        )
+        node = self.start(without)
+        self.assertIsNone(node._listener("status"))
+        node.reload(with_status)
+        self.assertEqual(self.port_of(node, "status").getHost().port, 7701)
+        self.assertEqual(node.status_address, ("0.0.0.0", 7701))
+        node.reload(without)
+        self.assertIsNone(node._listener("status"))
+        self.assertEqual(self.stopped, [7701])
+
+    def test_https_opened_on_a_node_that_had_no_tls(self) -> None:
+        config = self.config()
+        plain = dataclasses.replace(config, listen=dataclasses.replace(config.listen, https=None))
+        node = make_node_service(plain, self.reactor)
+        node.startService()
+        self.addCleanup(node.stopService)
+        self.assertIsNone(node.tls_context)
+        node.reload(config)
+        self.assertTrue(node.tls_context.certificate_for(None).endswith("a.pem"))
+        svc = node._listener("https")
+        assert svc is not None
+        self.assertIsInstance(svc.factory, TLSMemoryBIOFactory)
+        front, _ = self.client(node, "https")
+        self.assertTrue(front.secure)
+
+
 class RefusalTests(NodeCase):
     def test_restart_keys_refuse_the_whole_config_before_any_change(self) -> None:
         node = self.start(self.config())

@@ -407,3 +407,53 @@ class SmallPiecesTests(SynchronousTestCase):
         s.forget(2)
         [row] = s.rebuild()
         self.assertEqual(row.hits, 3)
+
+    def test_sweep_reconfigured_while_asking_a_node_it_loses(self) -> None:
+        from dlba.sweep import Sweep, Visit
+
+        nodes = NodeStatusTable([NodeState(n, "", f"10.0.0.{n}") for n in (1, 2, 3)])
+        sweep = Sweep(nodes, SummaryTable(), timeout=1.0, tries=3, delay=2.0)
+        visit = sweep.next(0.0)
+        assert isinstance(visit, Visit)
+        asked = visit.node
+        self.assertEqual(asked.number, 1)
+        was = NodeStatusTable([NodeState(n, "", f"10.0.0.{n}") for n in (1, 2, 3)])
+        removed = nodes.reconfigure(NodeStatusTable([NodeState(3, "", "10.0.0.3")]), was)
+        sweep.reconfigure(timeout=0.5, tries=1, delay=1.0, removed=removed)
+        # The answer of a node no longer in the table is not recorded.
+        sweep.missed(asked, "refused", 0.1)
+        self.assertFalse(asked.failed)
+        self.assertEqual(sweep.timeout, 0.5)
+        visit = sweep.next(0.2)  # on with the sweep: the node left
+        assert isinstance(visit, Visit)
+        self.assertEqual((visit.node.number, visit.deadline), (3, 0.7))
+        sweep.missed(visit.node, "refused", 0.3)  # one try now
+        self.assertTrue(visit.node.failed)
+        self.assertEqual(sweep.sweeps, 1)
+
+    def test_sweep_reordered_mid_sweep_visits_each_node_once(self) -> None:
+        from dlba.sweep import StatusAnswer, Sweep, Visit
+
+        nodes = NodeStatusTable([NodeState(n, "", f"10.0.0.{n}") for n in (1, 2, 3)])
+        sweep = Sweep(nodes, SummaryTable(), timeout=1.0, tries=3, delay=2.0)
+        answer = StatusAnswer(1, 0.0, 0, 0, ())
+        first = sweep.next(0.0)
+        assert isinstance(first, Visit)
+        sweep.answered(first.node, answer, 0.0)
+        second = sweep.next(0.0)
+        assert isinstance(second, Visit)
+        self.assertEqual(second.node.number, 2)
+        was = NodeStatusTable([NodeState(n, "", f"10.0.0.{n}") for n in (1, 2, 3)])
+        order = NodeStatusTable([NodeState(n, "", f"10.0.0.{n}") for n in (3, 2, 1, 4)])
+        nodes.reconfigure(order, was)
+        sweep.reconfigure(timeout=1.0, tries=3, delay=2.0)
+        sweep.answered(second.node, answer, 0.0)
+        seen = []
+        while True:
+            action = sweep.next(0.0)
+            if not isinstance(action, Visit):
+                break
+            seen.append(action.node.number)
+            sweep.answered(action.node, answer, 0.0)
+        self.assertEqual(seen, [3, 4])
+        self.assertEqual(sweep.sweeps, 1)
