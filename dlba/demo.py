@@ -69,7 +69,7 @@ def default_state_dir() -> str:
 
 
 def demo_config(state_dir: str, certificate: str) -> Config:
-    """DESIGN.md §10: HTTP 8080, HTTPS 8443, status 7701, all on 127.0.0.1."""
+    """DESIGN.md §10: HTTP 8080, HTTPS 8443, status 7701, admin 7780, all on 127.0.0.1."""
     return Config(
         path="<demo>",
         node=NodeSection(number=1, state_dir=state_dir),
@@ -77,6 +77,7 @@ def demo_config(state_dir: str, certificate: str) -> Config:
             http="tcp:8080:interface=127.0.0.1",
             https="tcp:8443:interface=127.0.0.1",
             status="tcp:7701:interface=127.0.0.1",
+            admin="tcp:7780:interface=127.0.0.1",
         ),
         tls=TLSSection(certificates=(certificate,)),
         log=LogSection(access_log=None),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from zope.interface import Attribute, Interface
 
@@ -18,6 +18,12 @@ class RequestView(Protocol):
     host: bytes | None
     cookies: list[tuple[bytes, bytes]]  # every Cookie header's pairs, values as sent
     headers: list[tuple[bytes, bytes]]  # forwarded headers, names as sent
+
+
+class ReportSource(Protocol):
+    """What the admin web reads: the node's report (``dlba.report``'s shape) at a time."""
+
+    def report(self, now: float) -> dict[str, Any]: ...
 
 
 class IBackendPolicy(Interface):

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IServiceCollection, MultiService
+from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
@@ -41,6 +41,25 @@ def array_nodes(config: Config) -> NodeStatusTable:
         )
     ip = (config.listen.status and endpoint_option(config.listen.status, "interface", 2)) or ""
     return NodeStatusTable([NodeState(config.node.number, "", ip or "127.0.0.1")])
+
+
+def admin_service(config: Config, report: NodeReport, reactor: Any) -> Service:
+    """The admin web on ``[listen] admin``, the sweep's age judged by the sweep's pace."""
+    from dlba.admin.web import make_admin_service
+
+    a = config.array
+    nodes = max(1, len(a.nodes))
+    # A healthy sweep ends every delay + one answer per node; a node being failed takes
+    # its tries.  Twice each before the dashboard calls the tables stale.
+    warn = 2 * (a.sweep_delay + nodes * a.sweep_timeout)
+    alarm = max(2 * warn, 2 * (a.sweep_delay + nodes * a.sweep_timeout * a.sweep_retries))
+    return make_admin_service(
+        bind_to(config.listen.admin or "", config.node_ip()),
+        report,
+        reactor,
+        sweep_warn=warn,
+        sweep_alarm=alarm,
+    )
 
 
 class NodeService(MultiService):
@@ -367,6 +386,8 @@ def make_node_service(
             return (peer.ip, int(status_port))
 
         SweepService(sweep, reactor, address_of).setServiceParent(node)
+    if config.listen.admin:
+        admin_service(config, node.report, reactor).setServiceParent(node)
     for name, endpoint, factory in extra:
         svc = strports.service(endpoint, factory, reactor=reactor)
         svc.setName(name)

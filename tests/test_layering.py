@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dlba"
 
-# The pure core: tables, hashing, policies, the loading controller, HTTP rules.
+# The pure core: tables, hashing, policies, the loading controller, HTTP rules, and the
+# decisions of dlba-ctl's probe and log statistics.
 PURE = frozenset(
     {
         "dlba",
@@ -26,9 +27,12 @@ PURE = frozenset(
         "dlba.config",
         "dlba.errors",
         "dlba.hashing",
+        "dlba.history",
         "dlba.interfaces",
         "dlba.loading",
+        "dlba.logstats",
         "dlba.policy",
+        "dlba.probe",
         "dlba.reload",
         "dlba.routing",
         "dlba.report",

@@ -42,6 +42,13 @@ class ReadmeCommandsTests(SynchronousTestCase):
         missing = sorted(c for c in found if shutil.which(c) is None)
         self.assertEqual(missing, [], "the README shows commands .ci/setup does not install")
 
+    def test_every_picture_is_in_the_repository(self) -> None:
+        text = README.read_text()
+        pictures = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+        local = [p for p in pictures if "://" not in p]
+        missing = [p for p in local if not (README.parent / p).is_file()]
+        self.assertEqual(missing, [], "the README shows pictures the repository lacks")
+
     def test_parsing(self) -> None:
         text = (
             "x `nc 127.0.0.1 7701` y `max_concurrent` `curl -i http://h/`\n"

@@ -137,7 +137,7 @@ class MakeServiceTests(SynchronousTestCase):
         svc = tap.makeService(o, reactor)
         svc.startService()
         ports = sorted(p[0] for p in reactor.tcpServers)
-        self.assertEqual(ports, [7701, 8080, 8443, 9001, 9002, 9003])
+        self.assertEqual(ports, [7701, 7780, 8080, 8443, 9001, 9002, 9003])
         self.assertEqual(svc.getServiceNamed("sweep").sweep.tries, 3)  # type: ignore[attr-defined]
         self.assertTrue(os.path.exists(os.path.join(d, "tls", "selfsigned.pem")))
         svc.stopService()

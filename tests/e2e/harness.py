@@ -63,7 +63,7 @@ CLIENT_DEADLINE = 15.0  # curl, openssl and raw-socket answers
 CHILD_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
 
 # Port 0 for every listener: the real ports come from dlba's log.
-HTTP_ENDPOINT = HTTPS_ENDPOINT = STATUS_ENDPOINT = "tcp:0:interface=127.0.0.1"
+HTTP_ENDPOINT = HTTPS_ENDPOINT = STATUS_ENDPOINT = ADMIN_ENDPOINT = "tcp:0:interface=127.0.0.1"
 
 # Which dlba runs: the installed package (``pip install .`` first, as CI does), or with
 # DLBA_E2E_TREE=1 this repository's working tree.
@@ -431,6 +431,7 @@ def dlba_config(
     status: bool = False,
     persistence: dict[str, object] | None = None,
     rules: Sequence[dict[str, object]] = (),
+    admin: bool = False,
 ) -> str:
     listen: dict[str, object] = {}
     if http:
@@ -439,6 +440,8 @@ def dlba_config(
         listen["https"] = HTTPS_ENDPOINT
     if status:
         listen["status"] = STATUS_ENDPOINT
+    if admin:
+        listen["admin"] = ADMIN_ENDPOINT
     lines = toml_table("[node]", {"number": 1, "state_dir": state_dir})
     lines += toml_table("[listen]", listen)
     if https:
@@ -893,12 +896,13 @@ class E2ETestCase(TestCase):
         status: bool = False,
         persistence: dict[str, object] | None = None,
         rules: Sequence[dict[str, object]] = (),
+        admin: bool = False,
     ) -> Dlba:
         """Write a config, start dlba, wait until it and the back ends serve.
 
         ``status``: the status daemon listens too; ``tls``: more [tls] keys than the
         certificates; ``persistence``: the [persistence] table; ``rules``: [[rule]]
-        tables, in order."""
+        tables, in order; ``admin``: the admin web listens too."""
         if pools is None:
             pools = [PoolSpec(list(backends or []), options=dict(pool or {}))]
         if https and certificates is None:
@@ -914,12 +918,14 @@ class E2ETestCase(TestCase):
             status=status,
             persistence=persistence,
             rules=rules,
+            admin=admin,
         )
         self.config_path = self.write("dlba.toml", text)
         dlba = Dlba(self.config_path)
         self.dlba = dlba
         self.addCleanup(self._stop_dlba, dlba)
-        await dlba.started(["http"] + (["https"] if https else []) + (["status"] if status else []))
+        listeners = ["http"] + (["https"] if https else []) + (["status"] if status else [])
+        await dlba.started(listeners + (["admin"] if admin else []))
         for p in pools:
             for b in p.backends:
                 await b.ready()

@@ -1,0 +1,1 @@
+"""The admin web: dashboard, JSON API and Prometheus metrics (DESIGN.md §2)."""
