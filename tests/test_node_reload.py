@@ -275,6 +275,28 @@ class OpeningTests(NodeCase):
         self.assertTrue(front.secure)
 
 
+class AdminListenerTests(NodeCase):
+    def with_admin(self, port: int) -> Config:
+        config = self.config()
+        admin = f"tcp:{port}:interface=127.0.0.1"
+        return dataclasses.replace(config, listen=dataclasses.replace(config.listen, admin=admin))
+
+    def test_any_listener_the_node_runs_moves_by_its_name(self) -> None:
+        node = self.start(self.with_admin(7780))
+        svc = node._listener("admin")
+        assert svc is not None
+        site = svc.factory
+        node.reload(self.with_admin(7781))
+        self.assertIs(node._listener("admin"), svc)
+        self.assertEqual(self.port_of(node, "admin").getHost().port, 7781)
+        self.assertIs(self.reactor.tcpServers[-1][1], site)
+        self.assertEqual(self.stopped, [7780])
+        # Closed, it cannot be opened again without a restart: its service is gone.
+        node.reload(self.config())
+        self.assertIsNone(node._listener("admin"))
+        self.assertRaises(NeedsRestart, node.reload, self.with_admin(7782))
+
+
 class RefusalTests(NodeCase):
     def test_restart_keys_refuse_the_whole_config_before_any_change(self) -> None:
         node = self.start(self.config())
