@@ -21,7 +21,7 @@ from dlba.proxy import listeners
 from dlba.proxy.accesslog import AccessLog
 from dlba.proxy.service import ProxyService, make_proxy_service
 from dlba.proxy.transport import listen_endpoint
-from dlba.reload import apply_backends, check_reloadable, diff
+from dlba.reload import apply_backends, diff
 from dlba.report import NodeReport
 from dlba.routing import backend_table, build_router
 from dlba.sweep import Sweep
@@ -139,10 +139,9 @@ class NodeService(MultiService):
         what comes after: see ``dlba.reload`` and ``ProxyService.reload``.
         """
         old = self.config
-        problems = check_reloadable(old, config)
-        if problems:
-            raise NeedsRestart(problems)
         changes = diff(old, config)
+        if changes.restart:
+            raise NeedsRestart(list(changes.restart))
         proxy = self._proxy()
         # Everything that can fail, before anything is changed.
         certificates = self._load_certificates(config)  # Certificates, or None: unchanged

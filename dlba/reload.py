@@ -230,6 +230,8 @@ def _changed_fields(old: object, new: object, prefix: str) -> list[tuple[str, An
 class ConfigDiff:
     """What a reload from ``old`` to ``new`` changes."""
 
+    # What a running node cannot take (``check_reloadable``): a reload refuses it all.
+    restart: tuple[str, ...] = ()
     # name -> (endpoint before, endpoint after); None: not listening.  Changed ones only.
     listeners: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     certificates: bool = False
@@ -277,7 +279,7 @@ class ConfigDiff:
 
 
 def diff(old: Config, new: Config) -> ConfigDiff:
-    """What changes from ``old`` to ``new`` (``check_reloadable`` says whether it may)."""
+    """What changes from ``old`` to ``new``; ``restart`` says what only a restart may."""
     was, now = listen_endpoints(old), listen_endpoints(new)
     listeners = {
         name: (was.get(name), now.get(name)) for name in LISTENERS if was.get(name) != now.get(name)
@@ -292,6 +294,7 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     pools_before = {p.name: p for p in old.pools}
     pools_after = {p.name: p for p in new.pools}
     return ConfigDiff(
+        restart=tuple(check_reloadable(old, new)),
         listeners=listeners,
         certificates=old.tls.certificates != new.tls.certificates,
         hsts=old.tls.hsts != new.tls.hsts,

@@ -88,6 +88,12 @@ class CheckTests(SynchronousTestCase):
         self.assertTrue(problems[0].startswith("node.state_dir: needs a restart"), problems)
         self.assertTrue(problems[1].startswith("log.json: needs a restart"), problems)
 
+    def test_the_diff_names_them_too(self) -> None:
+        moved = NODE.replace("/tmp/dlba-reload-test", "/tmp/other")
+        d = diff(config(), config(moved))
+        self.assertEqual(len(d.restart), 1)
+        self.assertTrue(d.restart[0].startswith("node.state_dir: needs a restart"))
+
     def test_table_size(self) -> None:
         text = NODE.replace(
             "[[array.node]]\nnumber = 1", "[array]\ntable_size = 7\n[[array.node]]\nnumber = 1", 1
