@@ -220,6 +220,18 @@ def endpoint_option(description: str, key: str, position: int) -> str | None:
     return positional[position - 1] if len(positional) >= position else None
 
 
+def bind_to(description: str, ip: str | None) -> str:
+    """A tcp listener without ``interface=`` binds to this node's own ip (DESIGN.md §10)."""
+    if ip is None or not re.match(r"tcp6?:", description) or "interface=" in description:
+        return description
+    return f"{description}:interface={ip.replace(':', chr(92) + ':')}"
+
+
+def scheduler_of(config: Config) -> int:
+    """Until the control plane elects one: the first node of ``[[array.node]]``."""
+    return config.array.nodes[0].number if config.array.nodes else config.node.number
+
+
 # --- the schema's closed vocabularies --------------------------------------------------------
 
 POLICIES: Final = ("cookie", "session", "url-hash", "least-load", "round-robin")

@@ -35,3 +35,14 @@ class ConfigErrors(ConfigError):
 
     def report(self) -> str:
         return "\n".join(str(e) for e in self.errors)
+
+
+class NeedsRestart(Exception):
+    """A config the running node cannot take without a restart (``dlba.reload``).
+
+    ``problems`` holds one line per key ("array.table_size: needs a restart (...)");
+    ``str()`` is them all, joined by "; ".  Raised before anything has changed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))

@@ -137,11 +137,7 @@ class WaitQueue(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         """The waiting items, oldest first."""
-        tickets = [t for t in self._any if t.active]
-        for dq in self._sticky.values():
-            tickets.extend(t for t in dq if t.active)
-        tickets.sort(key=lambda t: t.seq)
-        return iter([t.item for t in tickets])
+        return iter([t.item for t in self._waiting()])
 
     def waiting_for(self, backend: int) -> int:
         """How many waiting requests are bound to ``backend``."""
@@ -247,15 +243,29 @@ class WaitQueue(Generic[T]):
 
     def drain(self) -> list[T]:
         """Remove and return every waiting request, oldest first (shutting down)."""
-        items = list(self)
+        return [t.item for t in self.drain_tickets()]
+
+    def drain_tickets(self) -> list[Ticket[T]]:
+        """Remove and return the tickets of every waiting request, oldest first, with their
+        binding, deadline and age (a reload moves them to another queue)."""
+        tickets = self._waiting()
+        for t in tickets:
+            t.active = False
         self._any.clear()
         self._sticky.clear()
         self._sticky_live.clear()
         self._deadlines.clear()
         self._live = self._entries = 0
-        return items
+        return tickets
 
     # internals
+
+    def _waiting(self) -> list[Ticket[T]]:
+        tickets = [t for t in self._any if t.active]
+        for dq in self._sticky.values():
+            tickets.extend(t for t in dq if t.active)
+        tickets.sort(key=lambda t: t.seq)
+        return tickets
 
     def _head(self, dq: deque[Ticket[T]] | None) -> Ticket[T] | None:
         if dq is None:
@@ -486,6 +496,18 @@ class FeedbackController:
         self._probed: float | None = None  # when the last baseline probe began
         self._before_probe: tuple[int, float, float] | None = None  # level, p90, noise
         self.changes = 0
+
+    def set_ceiling(self, ceiling: int) -> None:
+        """A new ``max_concurrent`` (a reload): the limit and the base stay where they are
+        if they fit under it, else they come down to it; probing goes on from there."""
+        if ceiling < 1:
+            raise ValueError("ceiling must be >= 1")
+        self.ceiling = ceiling
+        limit = self._clamp(self._limit)
+        if limit != self._limit:
+            self._limit = limit
+            self.changes += 1
+        self._base = self._clamp(self._base)
 
     # reporting
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import re
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection, MultiService, Service
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
+from twisted.python.failure import Failure
 
 from dlba.array.status import StatusFactory
 from dlba.array.sweep import Address, SweepService
-from dlba.config import Config, endpoint_option
-from dlba.proxy.service import make_proxy_service
+from dlba.config import Config, bind_to, endpoint_option, scheduler_of
+from dlba.errors import ConfigError, ConfigErrors, NeedsRestart
+from dlba.proxy import listeners
+from dlba.proxy.accesslog import AccessLog
+from dlba.proxy.service import ProxyService, make_proxy_service
+from dlba.proxy.transport import listen_endpoint
+from dlba.reload import apply_backends, diff
 from dlba.report import NodeReport
 from dlba.routing import backend_table, build_router
 from dlba.sweep import Sweep
@@ -34,11 +43,6 @@ def array_nodes(config: Config) -> NodeStatusTable:
     return NodeStatusTable([NodeState(config.node.number, "", ip or "127.0.0.1")])
 
 
-def scheduler_of(config: Config) -> int:
-    """Until the control plane elects one: the first node of ``[[array.node]]``."""
-    return config.array.nodes[0].number if config.array.nodes else config.node.number
-
-
 def admin_service(config: Config, report: NodeReport, reactor: Any) -> Service:
     """The admin web on ``[listen] admin``, the sweep's age judged by the sweep's pace."""
     from dlba.admin.web import make_admin_service
@@ -58,13 +62,6 @@ def admin_service(config: Config, report: NodeReport, reactor: Any) -> Service:
     )
 
 
-def bind_to(description: str, ip: str | None) -> str:
-    """A tcp listener without ``interface=`` binds to this node's own ip (DESIGN.md §10)."""
-    if ip is None or not re.match(r"tcp6?:", description) or "interface=" in description:
-        return description
-    return f"{description}:interface={ip.replace(':', chr(92) + ':')}"
-
-
 class NodeService(MultiService):
     """Everything one ``twistd dlba`` process runs, composed from the config."""
 
@@ -76,6 +73,9 @@ class NodeService(MultiService):
         # Where this node's status daemon really listens (its port may be 0 in the file).
         self.status_address: Address | None = None
         self.report: NodeReport | None = None
+        self.tls_context: Any = None  # the https listener's ServerTLSContextFactory
+        # Reads the config file again as at start (--node, --state-dir): SIGHUP's source.
+        self.reread: Callable[[], Config] | None = None
 
     def setServiceParent(self, parent: IServiceCollection) -> None:  # type: ignore[override]
         # twistd asks the application for an ILogObserver before it starts logging.
@@ -125,6 +125,188 @@ class NodeService(MultiService):
         )
         return port
 
+    # -- hot reload ---------------------------------------------------------------------
+
+    def reload(self, config: Config) -> list[str]:
+        """Make ``config`` the running one without dropping a client connection; returns
+        (and logs) what changed, a line each.
+
+        Refused whole (``NeedsRestart``, naming the keys; a ``ConfigError`` for a
+        certificate or access log that cannot be opened) before anything changes.
+        Listeners move only when their endpoint changed, new port first; one that cannot
+        be bound stays where it was (logged, and kept in ``self.config``, so that the next
+        reload tries again).  Back ends, pools, limits and the rest change in place, for
+        what comes after: see ``dlba.reload`` and ``ProxyService.reload``.
+        """
+        old = self.config
+        changes = diff(old, config)
+        if changes.restart:
+            raise NeedsRestart(list(changes.restart))
+        proxy = self._proxy()
+        # Everything that can fail, before anything is changed.
+        certificates = self._load_certificates(config)  # Certificates, or None: unchanged
+        access_log_changed = proxy is not None and changes.access_log
+        access_log = None
+        if access_log_changed and config.log.access_log:
+            access_log = _open_access_log(config)
+        done = changes.summary()
+        if certificates is not None:
+            from dlba.tls import ServerTLSContextFactory
+
+            if self.tls_context is None:
+                self.tls_context = ServerTLSContextFactory(certificates)
+            else:
+                self.tls_context.use(certificates)
+                if not changes.certificates:
+                    done.append("tls.certificates: a file changed: new certificates")
+        if proxy is not None:
+            moved = proxy.reload(old, config)
+            if moved:
+                done.append(f"{moved} waiting requests moved to the new pools")
+            if access_log_changed:
+                proxy.core.replace_access_log(access_log)
+        elif self.report is not None:
+            # No proxy, but the status daemon still shows the config's back ends.
+            apply_backends(self.report.backends, changes.backends, config)
+        self.config = config
+        self._reload_array(old, config, proxy)
+        for name, (_, endpoint) in changes.listeners.items():
+            self._move_listener(name, endpoint, old, done)
+        log.info(
+            "reloaded: {changes}", changes=done or ["nothing changed"], node=config.node.number
+        )
+        return done
+
+    def reload_from_file(self) -> list[str] | None:
+        """SIGHUP: read the config file again, check it, reload; any mistake is logged,
+        a line each, and the node goes on with what it runs."""
+        if self.reread is None:
+            log.warn("SIGHUP: no config file to read again (--demo): nothing reloaded")
+            return None
+        try:
+            return self.reload(self.reread())
+        except ConfigErrors as e:
+            for one in e.errors:
+                log.warn("reload refused: {error}", error=str(one))
+        except NeedsRestart as e:
+            for problem in e.problems:
+                log.warn("reload refused: {error}", error=problem)
+        except ConfigError as e:
+            log.warn("reload refused: {error}", error=str(e))
+        except Exception:
+            log.failure("reload failed")
+        return None
+
+    def reload_on_hangup(self) -> None:
+        """From now on SIGHUP (``systemctl reload``) calls ``reload_from_file``.  Call it
+        once the reactor runs (its own signal handlers are in place by then)."""
+        import signal
+
+        def hangup(signum: int, frame: object) -> None:
+            # Not in the handler itself: it may interrupt the reactor anywhere.
+            self.reactor.callFromThread(self.reload_from_file)
+
+        signal.signal(signal.SIGHUP, hangup)
+
+    def _proxy(self) -> ProxyService | None:
+        proxy = self.namedServices.get("proxy")
+        return proxy if isinstance(proxy, ProxyService) else None
+
+    def _load_certificates(self, config: Config) -> Any:
+        """New certificates if ``config``'s https listener needs them (new paths, or new
+        bytes at the same paths), else None; a ``ConfigError`` names a bad file."""
+        from dlba.tls import Certificates, same_sources
+
+        if not config.listen.https:
+            return None
+        paths = config.tls.certificates
+        if self.tls_context is not None and same_sources(self.tls_context.certificates, paths):
+            return None
+        return Certificates(paths)
+
+    def _reload_array(self, old: Config, new: Config, proxy: ProxyService | None) -> None:
+        """The report, the node status table's static columns and the sweep's settings."""
+        report = self.report
+        if report is None:
+            return
+        removed = report.nodes.reconfigure(array_nodes(new), array_nodes(old))
+        sweep = self.namedServices.get("sweep")
+        if isinstance(sweep, SweepService):
+            a = new.array
+            sweep.sweep.reconfigure(
+                timeout=a.sweep_timeout,
+                tries=max(1, a.sweep_retries),
+                delay=a.sweep_delay,
+                removed=removed,
+            )
+        scheduler = scheduler_of(new)
+        report.scheduler = lambda: scheduler
+        report.policies = {p.name: p.policy for p in new.pools}
+        if proxy is not None:
+            report.pools = proxy.core.router.pools
+
+    def _listener(self, name: str) -> StreamServerEndpointService | None:
+        for svc in self._listeners():
+            if svc.name == name and isinstance(svc, StreamServerEndpointService):
+                return svc
+        return None
+
+    def _move_listener(self, name: str, endpoint: str | None, old: Config, done: list[str]) -> None:
+        """Rebind listener ``name`` to ``endpoint`` (None: close it), in place."""
+        svc = self._listener(name)
+        if endpoint is None:
+            if svc is not None:
+                # Its own stopService: the listening port closes, its connections go on.
+                svc.disownServiceParent()
+            return
+        if svc is not None:
+            d = listeners.move(svc, listeners.endpoint_like(svc.endpoint, self.reactor, endpoint))
+        else:
+            proxy = self._proxy()
+            if name in ("http", "https") and proxy is not None:
+                d = listeners.add(
+                    proxy, name, listen_endpoint(self.reactor, endpoint), proxy.factory_for(name)
+                )
+            elif name == "status" and self.report is not None:
+                factory = StatusFactory(self.report, self.reactor)
+                d = listeners.add(self, name, serverFromString(self.reactor, endpoint), factory)
+            else:  # check_reloadable refuses these; should one slip through, say so
+                done.append(f"listen.{name}: cannot be opened at run time: needs a restart")
+                self._keep_listener(name, old)
+                return
+
+        def bound(port: Any) -> Any:
+            if name == "status":
+                self._status_listening(port)
+            return self._announce(port, name)
+
+        def failed(reason: Failure) -> None:
+            why = f"listen.{name}: cannot listen on {endpoint}: {reason.getErrorMessage()}"
+            log.warn("reload: {why}; the listener stays as it was", why=why)
+            done.append(f"{why}; it stays as it was")
+            self._keep_listener(name, old)
+
+        d.addCallbacks(bound, failed)
+
+    def _keep_listener(self, name: str, old: Config) -> None:
+        """The running config says what listener ``name`` really does: what it did."""
+        listen = dataclasses.replace(self.config.listen, **{name: getattr(old.listen, name)})
+        self.config = dataclasses.replace(self.config, listen=listen)
+
+
+def _open_access_log(config: Config) -> AccessLog:
+    path = config.log.access_log or ""
+    try:
+        return AccessLog(path)
+    except OSError as e:
+        raise ConfigError(
+            config.path,
+            None,
+            "log.access_log",
+            f"cannot open {path}: {e.strerror or e}",
+            "check the directory exists and dlba's user may write there",
+        ) from None
+
 
 def make_node_service(
     config: Config,
@@ -138,6 +320,7 @@ def make_node_service(
     from dlba.tls import wrap_tls
 
     node = NodeService(config, reactor, json_log)
+    node.tls_context = tls_context
     table = backend_table(config)
     ip = config.node_ip()
     listen = {
@@ -154,7 +337,8 @@ def make_node_service(
             router,
             reactor,
             listen=listen,
-            tls_wrap=lambda factory: wrap_tls(factory, tls_context),
+            # The node's, not this one: a reload may give a node without one its first.
+            tls_wrap=lambda factory: wrap_tls(factory, node.tls_context),
         )
         proxy.setServiceParent(node)
     nodes = array_nodes(config)
@@ -189,12 +373,13 @@ def make_node_service(
         svc.setName("status")
         svc.setServiceParent(node)
     if sweep is not None:
-        status_port = endpoint_option(config.listen.status or "", "port", 1)
         own = config.node.number
 
         def address_of(peer: NodeState) -> Address | None:
             if peer.number == own and node.status_address is not None:
                 return node.status_address
+            # Asked each visit: a reload may move the status port.
+            status_port = endpoint_option(node.config.listen.status or "", "port", 1)
             if status_port is None or status_port == "0":
                 return None
             return (peer.ip, int(status_port))

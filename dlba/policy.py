@@ -326,6 +326,11 @@ class UrlHashPolicy(_NoAnswers):
         self._built_for: tuple[int, int] = (-1, -1)
         self._by_number: dict[int, BackendState] = {}
 
+    def continue_from(self, previous: UrlHashPolicy) -> None:
+        """Rebuild from ``previous``'s table (a reload), at its size, so that a change of
+        back ends moves only the URLs it must, as a change of membership does."""
+        self._table = previous._table
+
     def _table_for(self, backends: Sequence[BackendState]) -> MaglevTable:
         stamp = (BackendState.membership_changes, id(backends))
         if stamp != self._built_for:

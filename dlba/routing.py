@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dlba.config import Config, PersistenceSection, PoolConfig
+from dlba.config import BackendConfig, Config, PersistenceSection, PoolConfig
 from dlba.http.cookies import cookie_value
 from dlba.interfaces import IBackendPolicy, RequestView
-from dlba.loading import Admission, WaitQueue
+from dlba.loading import Admission, Target, WaitQueue
 from dlba.policy import CookiePolicy, RoundRobin, SessionPolicy, UrlHashPolicy, make_policy
 from dlba.sessions import SessionTable
 from dlba.tables import BackendState, BackendStatusTable
@@ -42,6 +42,9 @@ class Pool:
         self.queue_timeout = queue_timeout
         self.admission = Admission(queue_limit, refuse_connections_at, accept_connections_at)
         self.expired = 0  # requests answered 503 because their queue deadline passed
+        # Replaced by a reload: requests in flight finish here, anything scheduled anew
+        # goes to the router's pool of the same name (``Router.current``).
+        self.retired = False
 
     def choose(
         self, request: RequestView, now: float, exclude: set[int] | None
@@ -134,6 +137,7 @@ class Router:
         self.pools = list(pools)
         self.rules = list(rules)
         self.default = self.pools[0]
+        self._by_name = {p.name: p for p in self.pools}
         # Asked on every finished request; a router is rebuilt when its pools change.
         self._pools_with: dict[int, list[Pool]] = {}
         for pool in self.pools:
@@ -150,57 +154,108 @@ class Router:
         return self._pools_with.get(number, [])
 
     def pool_named(self, name: str) -> Pool:
-        for pool in self.pools:
-            if pool.name == name:
-                return pool
-        raise KeyError(name)
+        return self._by_name[name]
+
+    def current(self, pool: Pool, request: RequestView) -> Pool:
+        """Where a request of ``pool``, retired by a reload, is scheduled now: the pool of
+        the same name, or if there is none the pool the rules pick."""
+        found = self._by_name.get(pool.name)
+        return found if found is not None else self.route(request)
 
 
 # -- from the config ------------------------------------------------------------------------
 
 
-def backend_table(config: Config) -> BackendStatusTable:
-    """One row per back end of the config (a back end in several pools has one row)."""
-    table = BackendStatusTable()
+def backend_entries(config: Config) -> dict[int, tuple[BackendConfig, PoolConfig]]:
+    """Each back end's first ``[[pool.backend]]`` and its pool: what its row is made of
+    (a back end in several pools has one row)."""
+    entries: dict[int, tuple[BackendConfig, PoolConfig]] = {}
     for pool in config.pools:
         for b in pool.backends:
-            table.add(
-                BackendState(b.number, b.host, b.port, b.weight, b.enabled, pool.max_concurrent)
-            )
-    return table
+            entries.setdefault(b.number, (b, pool))
+    return entries
 
 
-def build_policy(pool: PoolConfig, persistence: PersistenceSection) -> IBackendPolicy:
-    """The policy a pool's config names; persistence falls back to weighted round-robin."""
+def new_row(b: BackendConfig, pool: PoolConfig) -> BackendState:
+    return BackendState(b.number, b.host, b.port, b.weight, b.enabled, pool.max_concurrent)
+
+
+def backend_table(config: Config) -> BackendStatusTable:
+    """One row per back end of the config (a back end in several pools has one row)."""
+    return BackendStatusTable(new_row(b, pool) for b, pool in backend_entries(config).values())
+
+
+def controlled(config: Config) -> dict[int, tuple[int, Target]]:
+    """The back ends whose limit a feedback controller moves: (ceiling, target) from the
+    first adaptive pool each is in."""
+    found: dict[int, tuple[int, Target]] = {}
+    for pool in config.pools:
+        if pool.adaptive:
+            target: Target = "throughput" if pool.target == "throughput" else "latency"
+            for b in pool.backends:
+                found.setdefault(b.number, (pool.max_concurrent, target))
+    return found
+
+
+def build_policy(
+    pool: PoolConfig, persistence: PersistenceSection, previous: IBackendPolicy | None = None
+) -> IBackendPolicy:
+    """The policy a pool's config names; persistence falls back to weighted round-robin.
+
+    ``previous``: the policy of the pool of that name before a reload.  A session table is
+    kept (sessions survive the reload) and a URL-hash table rebuilt from the old one, as
+    when a back end joins or leaves."""
     if pool.policy == "cookie":
         return CookiePolicy(RoundRobin(), persistence.cookie, persistence.session_cookies)
     if pool.policy == "session":
-        table = SessionTable(persistence.session_table_size, persistence.session_ttl)
+        if isinstance(previous, SessionPolicy):
+            table = previous.table
+            table.reconfigure(persistence.session_table_size, persistence.session_ttl)
+        else:
+            table = SessionTable(persistence.session_table_size, persistence.session_ttl)
         return SessionPolicy(
             RoundRobin(), table, persistence.session_cookies, persistence.session_params
         )
     if pool.policy == "url-hash":
-        return UrlHashPolicy(with_query=pool.hash_query)
+        policy = UrlHashPolicy(with_query=pool.hash_query)
+        if isinstance(previous, UrlHashPolicy) and previous.with_query == pool.hash_query:
+            policy.continue_from(previous)
+        return policy
     return make_policy(pool.policy)
 
 
-def build_router(config: Config, table: BackendStatusTable) -> Router:
-    """The pools and rules of ``config``, over the rows of ``table``."""
+def build_router(
+    config: Config, table: BackendStatusTable, previous: Router | None = None
+) -> Router:
+    """The pools and rules of ``config``, over the rows of ``table``.
+
+    ``previous``: the router before a reload.  A pool of the same name carries on its
+    policy's state (``build_policy``) and its counters, so that what the status daemon and
+    the metrics show does not fall back to zero."""
     pools = []
+    before = {p.name: p for p in previous.pools} if previous is not None else {}
+    # A row counts the requests bound to it in the queues of the pools it is in: those of
+    # this router from now on (the old router's queues are emptied into these).
+    for row in table:
+        row.queues = []
     for pc in config.pools:
         rows = [table.get(b.number) for b in pc.backends]
-        pools.append(
-            Pool(
-                pc.name,
-                [r for r in rows if r is not None],
-                build_policy(pc, config.persistence),
-                keepalive=pc.backend_keepalive,
-                queue_limit=pc.queue_limit,
-                queue_timeout=pc.queue_timeout,
-                refuse_connections_at=pc.refuse_connections_at,
-                accept_connections_at=pc.accept_connections_at,
-            )
+        old = before.get(pc.name)
+        pool = Pool(
+            pc.name,
+            [r for r in rows if r is not None],
+            build_policy(pc, config.persistence, old.policy if old is not None else None),
+            keepalive=pc.backend_keepalive,
+            queue_limit=pc.queue_limit,
+            queue_timeout=pc.queue_timeout,
+            refuse_connections_at=pc.refuse_connections_at,
+            accept_connections_at=pc.accept_connections_at,
         )
+        if old is not None:
+            pool.expired = old.expired
+            pool.admission.refused_requests = old.admission.refused_requests
+            pool.admission.refused_connections = old.admission.refused_connections
+        pools.append(pool)
     by_name = {p.name: p for p in pools}
     rules = [
         Rule(by_name[rc.pool], rc.host, rc.path_prefix, rc.header, rc.cookie) for rc in config.rules

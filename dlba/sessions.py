@@ -25,6 +25,17 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def reconfigure(self, max_size: int, ttl: float) -> None:
+        """New bounds (a reload): the least recently used entries over ``max_size`` go;
+        ``ttl`` counts from each entry's next use."""
+        if max_size < 1:
+            raise ValueError("a session table holds at least one entry")
+        self.max_size = max_size
+        self.ttl = ttl
+        while len(self._entries) > max_size:
+            self._entries.popitem(last=False)
+            self.evicted += 1
+
     def learn(self, session_id: bytes, backend: int, now: float) -> None:
         entries = self._entries
         entries[session_id] = (backend, now + self.ttl)

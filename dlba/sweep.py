@@ -145,15 +145,43 @@ class Sweep:
             self._pause_until = None
             self._index = 0
             self._attempt = 1
-        if not self._order:
+        if self._index >= len(self._order):  # no nodes, or a reload took the rest away
             self._finish(now)
             return Pause(self._pause_until or now)
         node = self._order[self._index]
         self._asking = node
         return Visit(node, self._attempt, now + self.timeout)
 
+    def reconfigure(
+        self, *, timeout: float, tries: int, delay: float, removed: Iterable[int] = ()
+    ) -> None:
+        """New settings, and the node table changed in place (a reload): they hold from
+        the next visit on.  A sweep under way goes on where it was: the nodes it visited
+        first, then the one it is at, then the others in the table's new order; the
+        ``removed`` nodes' reports leave the summary."""
+        if tries < 1:
+            raise ValueError("a sweep tries each node at least once")
+        self.timeout, self.tries, self.delay = timeout, tries, delay
+        old, index = self._order, self._index
+        kept = [n for n in old if not self._gone(n)]
+        visited = [n for n in old[:index] if n in kept]
+        current = [old[index]] if index < len(old) and old[index] in kept else []
+        rest = [n for n in self.nodes if n not in visited and n not in current]
+        self._order = visited + current + rest
+        self._index = len(visited)
+        for number in removed:
+            self.summary.forget(number)
+        self.summary.rebuild()
+
+    def _gone(self, node: NodeState) -> bool:
+        """``node`` was being asked when a reload took it out of the table."""
+        return self.nodes.get(node.number) is not node
+
     def answered(self, node: NodeState, answer: StatusAnswer, now: float) -> None:
         self._check_asking(node)
+        if self._gone(node):
+            self._passed_over(now)
+            return
         node.avg_response_time = answer.avg_response_time
         node.hits = answer.hits
         node.open_connections = answer.open_connections
@@ -170,6 +198,9 @@ class Sweep:
     def missed(self, node: NodeState, error: str, now: float) -> None:
         """The try failed: refused, timed out, closed early or a bad answer."""
         self._check_asking(node)
+        if self._gone(node):
+            self._passed_over(now)
+            return
         node.last_error = error
         if not node.failed and self._attempt < self.tries:
             self._attempt += 1
@@ -188,6 +219,12 @@ class Sweep:
         if node is not self._asking:
             raise RuntimeError(f"node {node.number} is not being asked")
         self._asking = None
+
+    def _passed_over(self, now: float) -> None:
+        """The node asked left the table meanwhile: on to the one now in its place."""
+        self._attempt = 1
+        if self._index >= len(self._order):
+            self._finish(now)
 
     def _advance(self, now: float) -> None:
         self._attempt = 1

@@ -50,6 +50,7 @@ class BackendState:
         "queues",
         "response_counts",
         "response_sum",
+        "retired",
         "sessions_assigned",
         "weight",
     )
@@ -91,6 +92,9 @@ class BackendState:
         self.response_counts = [0] * (len(RESPONSE_BOUNDS) + 1)
         self.response_sum = 0.0
         self.sessions_assigned = 0  # new sessions (cookie groups) given to this back end
+        # Out of the table since a reload removed it or moved its number to another
+        # address: only requests in flight still use it, and its freed slots go to nobody.
+        self.retired = False
 
     def count_waiting_in(self, queue: CountsWaiting) -> None:
         """``queue`` may hold requests bound to this back end: count them in ``queued``."""
@@ -196,6 +200,21 @@ class BackendStatusTable:
 
     def get(self, number: int) -> BackendState | None:
         return self._rows.get(number)
+
+    def replace(self, backend: BackendState) -> BackendState | None:
+        """Make ``backend`` the row of its number; the row it replaces (if any) is retired."""
+        old = self._rows.get(backend.number)
+        if old is not None:
+            old.retired = True
+        self._rows[backend.number] = backend
+        return old
+
+    def remove(self, number: int) -> BackendState | None:
+        """Take back end ``number`` out; its row is retired (requests in flight keep it)."""
+        old = self._rows.pop(number, None)
+        if old is not None:
+            old.retired = True
+        return old
 
     def __iter__(self) -> Iterator[BackendState]:
         return iter(sorted(self._rows.values(), key=lambda b: b.number))
@@ -306,6 +325,26 @@ class NodeStatusTable:
     def live(self) -> list[NodeState]:
         return [n for n in self._rows.values() if n.enabled and not n.failed]
 
+    def reconfigure(self, static: NodeStatusTable, was: NodeStatusTable) -> list[int]:
+        """Take the static columns of ``static`` (a new config's nodes, in their order);
+        ``was`` is what the config said before.  A node kept keeps its row and what the
+        sweep learnt of it; ``enabled`` follows the config only where the config changed it,
+        so a node disabled at run time stays disabled.  Returns the numbers removed."""
+        rows: dict[int, NodeState] = {}
+        for new in static:
+            row = self._rows.get(new.number)
+            if row is None:
+                rows[new.number] = new
+                continue
+            row.mac, row.ip, row.weight = new.mac, new.ip, new.weight
+            before = was.get(new.number)
+            if before is None or before.enabled != new.enabled:
+                row.enabled = new.enabled
+            rows[new.number] = row
+        removed = [n for n in self._rows if n not in rows]
+        self._rows = rows
+        return removed
+
 
 @dataclass(frozen=True)
 class BackendReport:
@@ -356,6 +395,11 @@ class SummaryTable:
 
     def node_failed(self, node: int) -> None:
         self._failed.add(node)
+
+    def forget(self, node: int) -> None:
+        """``node`` left the array: what it reported counts no more (call ``rebuild``)."""
+        self._reports.pop(node, None)
+        self._failed.discard(node)
 
     def rebuild(self) -> list[SummaryRow]:
         rows: dict[int, SummaryRow] = {}

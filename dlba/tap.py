@@ -48,7 +48,6 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
-        from dlba import config as configmod
 
         if self["demo"] and self["config"]:
             _fail("give --config FILE or --demo, not both")
@@ -69,16 +68,23 @@ class Options(usage.Options):
             self.config = demo_config(state_dir, cert)
             return
         try:
-            cfg = configmod.load(self["config"], node=self["node"])
+            self.config = self.read_config()
         except ConfigErrors as e:
             _fail("\ndlba: ".join(str(one) for one in e.errors))
         except ConfigError as e:
             _fail(str(e))
+
+    def read_config(self) -> Any:
+        """The config file as these options read it (``--node``, ``--state-dir``): at
+        start, and again on SIGHUP.  Raises ``ConfigError`` or ``ConfigErrors``."""
+        from dlba import config as configmod
+
+        cfg = configmod.load(self["config"], node=self["node"])
         if self["state-dir"]:
             from dataclasses import replace
 
             cfg = replace(cfg, node=replace(cfg.node, state_dir=os.path.abspath(self["state-dir"])))
-        self.config = cfg
+        return cfg
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -110,6 +116,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from dlba.logs import json_observer
 
         json_log = json_observer()
-    return make_node_service(
+    node = make_node_service(
         config, reactor, tls_context=tls_context, extra=extra, json_log=json_log
     )
+    if not options["demo"]:
+        node.reread = options.read_config
+    # SIGHUP (systemctl reload) reads the file again and reloads; the demo logs that
+    # there is nothing to read.  Once running: twistd's own handlers are in place then.
+    reactor.callWhenRunning(node.reload_on_hangup)
+    return node

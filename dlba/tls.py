@@ -55,57 +55,44 @@ SESSION_TIMEOUT = 300
 SESSION_ID_CONTEXT = b"dlba-https"
 
 
-@implementer(IOpenSSLContextFactory, IOpenSSLServerConnectionCreator)
-class ServerTLSContextFactory:
-    """TLS server contexts for ``[tls] certificates``: the first is the default.
+class Certificates:
+    """The TLS server contexts of one ``[tls] certificates`` list: the first is the default.
 
-    Each entry is a PEM file with the private key and the certificate chain,
-    leaf first. A problem with any of them raises :class:`ConfigError` naming
-    the file.
-
-    Ticket keys and the session cache belong to the context a connection
-    starts with (OpenSSL's ``session_ctx``), always the default one, and stay
-    with it when SNI switches context: every certificate shares them, so
-    resumption works whichever certificate was served. It also means a session
-    made under one name resumes under another of this listener's names
-    (checked by hand); acceptable, since one operator owns them all.
+    Each entry is a PEM file with the private key and the certificate chain, leaf first.
+    A problem with any of them raises :class:`ConfigError` naming the file, before
+    anything uses the set: a reload builds the new set first and swaps it in whole.
     """
 
     def __init__(self, certificates: Sequence[str]) -> None:
         if not certificates:
             raise ValueError("ServerTLSContextFactory needs at least one certificate")
-        self._served: list[tuple[str, tuple[str, ...], SSL.Context]] = []
+        self.served: list[tuple[str, tuple[str, ...], SSL.Context]] = []
         self._exact: dict[bytes, SSL.Context] = {}
         self._wildcard: dict[bytes, SSL.Context] = {}
+        sources = []
         for path in certificates:
-            key, chain = _load_pem(path)
+            data = _read_pem(path)
+            sources.append((path, data))
+            key, chain = _parse_pem(path, data)
             context = _new_context(path, key, chain)
             names = _dns_names(chain[0])
-            self._served.append((path, names, context))
+            self.served.append((path, names, context))
             for name in names:
                 self._index(name, context)
-        self._default = self._served[0][2]
+        # What the set was made of: a reload with the same paths and the same bytes in
+        # them keeps the set in use (and its sessions resumable).
+        self.sources: tuple[tuple[str, bytes], ...] = tuple(sources)
+        self.default = self.served[0][2]
         # Only the starting context's callback runs, and it must be set before
         # any Connection uses the context (pyOpenSSL then freezes it).
-        self._default.set_tlsext_servername_callback(self._on_server_name)
-
-    def getContext(self) -> SSL.Context:
-        return self._default
-
-    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        return SSL.Connection(self._default, None)
-
-    def names(self) -> list[tuple[str, tuple[str, ...]]]:
-        """``(path, DNS names)`` for each certificate, in configuration order."""
-        return [(path, names) for path, names, _ in self._served]
+        self.default.set_tlsext_servername_callback(self._on_server_name)
 
     def certificate_for(self, server_name: str | None) -> str:
-        """The path of the certificate a client sending SNI ``server_name`` gets."""
         found = (
             self._lookup(server_name.lower().encode("ascii", "replace")) if server_name else None
         )
-        chosen = self._default if found is None else found
-        return next(path for path, _, context in self._served if context is chosen)
+        chosen = self.default if found is None else found
+        return next(path for path, _, context in self.served if context is chosen)
 
     def _index(self, name: str, context: SSL.Context) -> None:
         # setdefault: when two certificates claim a name, the earlier one wins,
@@ -126,13 +113,65 @@ class ServerTLSContextFactory:
         return context
 
     def _on_server_name(self, connection: SSL.Connection) -> None:
-        # Runs on every handshake that sends SNI: two dict lookups, no parsing.
+        # Runs on every handshake that sends SNI: two dict lookups, no parsing.  Bound to
+        # this set: a handshake begun before a reload finishes among the old certificates.
         name = connection.get_servername()
         if name is None:
             return
         context = self._lookup(name.lower())
-        if context is not None and context is not self._default:
+        if context is not None and context is not self.default:
             connection.set_context(context)
+
+
+def same_sources(certificates: Certificates, paths: Sequence[str]) -> bool:
+    """Whether ``paths`` hold what ``certificates`` was made of (same files, same bytes);
+    a file that cannot be read counts as changed (loading it then says why)."""
+    if tuple(path for path, _ in certificates.sources) != tuple(paths):
+        return False
+    try:
+        return all(_read_pem(path) == data for path, data in certificates.sources)
+    except ConfigError:
+        return False
+
+
+@implementer(IOpenSSLContextFactory, IOpenSSLServerConnectionCreator)
+class ServerTLSContextFactory:
+    """TLS server contexts for ``[tls] certificates``: the first is the default.
+
+    Ticket keys and the session cache belong to the context a connection
+    starts with (OpenSSL's ``session_ctx``), always the default one, and stay
+    with it when SNI switches context: every certificate shares them, so
+    resumption works whichever certificate was served. It also means a session
+    made under one name resumes under another of this listener's names
+    (checked by hand); acceptable, since one operator owns them all.
+
+    ``use`` swaps in new certificates (a reload): connections that start from then on
+    get them; established ones keep the context they began with.  Sessions made before
+    do not resume afterwards (the new default context has its own ticket keys and
+    cache): a full handshake, once.
+    """
+
+    def __init__(self, certificates: Sequence[str] | Certificates) -> None:
+        if not isinstance(certificates, Certificates):
+            certificates = Certificates(certificates)
+        self.certificates = certificates
+
+    def use(self, certificates: Certificates) -> None:
+        self.certificates = certificates
+
+    def getContext(self) -> SSL.Context:
+        return self.certificates.default
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        return SSL.Connection(self.certificates.default, None)
+
+    def names(self) -> list[tuple[str, tuple[str, ...]]]:
+        """``(path, DNS names)`` for each certificate, in configuration order."""
+        return [(path, names) for path, names, _ in self.certificates.served]
+
+    def certificate_for(self, server_name: str | None) -> str:
+        """The path of the certificate a client sending SNI ``server_name`` gets."""
+        return self.certificates.certificate_for(server_name)
 
 
 class _RefusingTLSFactory(TLSMemoryBIOFactory):
@@ -229,10 +268,10 @@ _ServerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _PEM_HINT = "the file must hold an unencrypted private key and the certificate chain, leaf first"
 
 
-def _load_pem(path: str) -> tuple[_ServerKey, list[x509.Certificate]]:
+def _read_pem(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError as e:
         raise ConfigError(
             path, None, CONFIG_KEY, "file not found", "check the path, or drop it from the list"
@@ -243,6 +282,9 @@ def _load_pem(path: str) -> tuple[_ServerKey, list[x509.Certificate]]:
         ) from e
     except OSError as e:
         raise ConfigError(path, None, CONFIG_KEY, f"cannot read: {e.strerror}", _PEM_HINT) from e
+
+
+def _parse_pem(path: str, data: bytes) -> tuple[_ServerKey, list[x509.Certificate]]:
     try:
         chain = x509.load_pem_x509_certificates(data)
     except ValueError as e:

@@ -111,6 +111,13 @@ class ControlPlaneTests(SynchronousTestCase):
         self.assertIn("pool[1].policy", lines[1])
         self.assertRaises(c.NothingStaged, self.plane.commit_config, digest_of(bad))
 
+    def test_what_needs_a_restart_is_refused_at_validation(self) -> None:
+        text = self.text(9003).replace("[node]", "[array]\ntable_size = 7\n[node]")
+        with self.assertRaises(c.ConfigRefused) as caught:
+            self.plane.push_config(text, 1)
+        self.assertIn("node 1: array.table_size: needs a restart", str(caught.exception))
+        self.assertRaises(c.NothingStaged, self.plane.commit_config, digest_of(text))
+
     def test_commit_needs_the_staged_digest(self) -> None:
         self.plane.push_config(self.text(9003), 1)
         self.assertRaises(c.NothingStaged, self.plane.commit_config, "0" * 64)

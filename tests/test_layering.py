@@ -35,6 +35,7 @@ PURE = frozenset(
         "dlba.logstats",
         "dlba.policy",
         "dlba.probe",
+        "dlba.reload",
         "dlba.routing",
         "dlba.report",
         "dlba.sessions",

@@ -18,8 +18,8 @@ from zope.interface.verify import verifyObject
 
 from dlba import tap
 from dlba.certs import make_cert
-from dlba.config import endpoint_option, parse
-from dlba.node import array_nodes, bind_to
+from dlba.config import bind_to, endpoint_option, parse
+from dlba.node import array_nodes
 
 CONFIG = """
 [node]

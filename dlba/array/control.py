@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from dlba.array import commands as c
 from dlba.config import Config, parse
 from dlba.errors import ConfigError, ConfigErrors
+from dlba.reload import check_reloadable
 from dlba.report import NodeReport
 from dlba.tables import NodeStatusTable
 
@@ -143,6 +144,11 @@ class ControlPlane:
             raise c.ConfigRefused(e.report()) from None
         except ConfigError as e:
             raise c.ConfigRefused(str(e)) from None
+        # Refused now, not at the commit: by then the file is replaced and every node of
+        # the array committed, while this one could not take it without a restart.
+        problems = check_reloadable(self.config, config)
+        if problems:
+            raise c.ConfigRefused(f"node {self.number}: " + "; ".join(problems))
         digest = digest_of(text)
         self._staged = (digest, config, text, serial)
         log.info(

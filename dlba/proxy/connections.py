@@ -39,6 +39,10 @@ class ConnectionPool:
         self.idle: list[BackendConnection] = []
         self.all: set[BackendConnection] = set()
         self.reused = 0  # requests sent on an idle connection, for tests and stats
+        self._hinted_idle: float | None = None  # what the back end's Keep-Alive said
+        # Its back end left the table (a reload): connections still carrying requests
+        # finish, and none is kept afterwards.
+        self.retired = False
 
     def acquire(self, user: UpstreamUser) -> None:
         """Give ``user`` a connection: at once if one is idle, else when one connects."""
@@ -77,7 +81,7 @@ class ConnectionPool:
     def give_back(self, conn: BackendConnection) -> None:
         """Keep ``conn`` for another request if it may carry one, else close it."""
         limit = self.backend.limit
-        if limit > 0 and len(self.idle) >= limit:
+        if self.retired or (limit > 0 and len(self.idle) >= limit):
             conn.close()  # never more connections kept than the back end may be sent at once
         elif self.keepalive and conn.reusable and conn.connected_ and not conn.tunnel:
             conn.idle_expires = self.clock.seconds() + self.idle_timeout
@@ -97,7 +101,23 @@ class ConnectionPool:
         seconds = keepalive_timeout(value)
         if seconds is not None:
             # Leave a second's margin so a request never meets the back end's close.
-            self.idle_timeout = min(self.idle_timeout, max(0.0, seconds - 1.0))
+            hinted = max(0.0, seconds - 1.0)
+            if self._hinted_idle is not None:
+                hinted = min(hinted, self._hinted_idle)
+            self._hinted_idle = hinted
+            self.idle_timeout = min(self.idle_timeout, hinted)
+
+    def set_timeouts(self, connect: float, response: float, idle: float) -> None:
+        """New ``[limits]`` (a reload), for the connections made and given back from now;
+        what the back end said of its own idle timeout still holds."""
+        self.connect_timeout = connect
+        self.response_timeout = response
+        self.idle_timeout = idle if self._hinted_idle is None else min(idle, self._hinted_idle)
+
+    def retire(self) -> None:
+        """The back end left the table: close the idle connections, keep none from now."""
+        self.retired = True
+        self.close_idle()
 
     def trim(self, limit: int) -> None:
         """The limit fell: close idle connections beyond it (busy ones finish first)."""

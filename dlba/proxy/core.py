@@ -66,18 +66,31 @@ class ProxyCore:
         """The pool of connections to ``backend`` (pooled or one per request)."""
         key = (backend.number, keepalive)
         pool = self.upstreams.get(key)
-        if pool is None:
-            limits = self.limits
-            pool = self.upstreams[key] = ConnectionPool(
-                backend,
-                self.reactor,
-                self.clock,
-                self.sweeper,
-                keepalive=keepalive,
-                connect_timeout=limits.backend_connect_timeout,
-                response_timeout=limits.backend_response_timeout,
-                idle_timeout=limits.backend_idle_timeout,
-            )
+        if pool is None or pool.backend is not backend:
+            pool = self._new_upstream(backend, keepalive)
+        return pool
+
+    def _new_upstream(self, backend: BackendState, keepalive: bool) -> ConnectionPool:
+        limits = self.limits
+        pool = ConnectionPool(
+            backend,
+            self.reactor,
+            self.clock,
+            self.sweeper,
+            keepalive=keepalive,
+            connect_timeout=limits.backend_connect_timeout,
+            response_timeout=limits.backend_response_timeout,
+            idle_timeout=limits.backend_idle_timeout,
+        )
+        if backend.retired:
+            # A request in flight at a row a reload let go, trying again: a connection of
+            # its own, never one of the new row's pool, and none kept afterwards.
+            pool.retire()
+        else:
+            old = self.upstreams.get((backend.number, keepalive))
+            if old is not None:
+                old.retire()
+            self.upstreams[(backend.number, keepalive)] = pool
         return pool
 
     def _limit_fell(self, backend: BackendState) -> None:
@@ -95,6 +108,49 @@ class ProxyCore:
         else:
             line, referer, user_agent = request.request_line, request.referer, request.user_agent
         access_log.log(self.clock.seconds(), client, line, status, sent, referer, user_agent)
+
+    # -- reload ---------------------------------------------------------------------------
+
+    def reload(
+        self,
+        router: Router,
+        retired: list[BackendState],
+        limits: LimitsSection,
+        *,
+        cookie_name: str,
+        hsts: str | None,
+    ) -> int:
+        """Take a new config's routing and settings: what is scheduled from now on goes
+        over ``router``; requests in flight finish where they are.  The connection pools
+        of the ``retired`` rows close their idle connections and are let go, so the new
+        row of the same number gets a pool of its own.  ``limits`` apply to client
+        connections accepted from now on (a ``FrontProtocol`` keeps the limits it opened
+        with, as an old worker does after an nginx reload) and to every back-end connection
+        made or given back from now.  Returns how many waiting requests moved."""
+        self.router = router
+        self.limits = limits
+        self.cookie_name = cookie_name.encode("ascii")
+        self.hsts = hsts.encode("ascii") if hsts else None
+        for row in retired:
+            for keepalive in (True, False):
+                pool = self.upstreams.get((row.number, keepalive))
+                if pool is not None and pool.backend is row:
+                    del self.upstreams[(row.number, keepalive)]
+                    pool.retire()
+        for pool in self.upstreams.values():
+            pool.set_timeouts(
+                limits.backend_connect_timeout,
+                limits.backend_response_timeout,
+                limits.backend_idle_timeout,
+            )
+        return self.dispatch.reload(router)
+
+    def replace_access_log(self, access_log: AccessLog | None) -> None:
+        """Write the access log to ``access_log`` from now on; the old one is closed."""
+        old, self.access_log = self.access_log, access_log
+        if old is not None and old is not access_log:
+            old.flush()
+            old.close()
 
     # -- life cycle ---------------------------------------------------------------------
 

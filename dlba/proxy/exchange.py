@@ -130,9 +130,12 @@ class Exchange:
         """Schedule this request: a back end with a free slot now, or a place in the queue."""
         core = self.core
         now = core.clock.seconds()
-        if self.pool is None:
-            self.pool = core.router.route(self.request)
         pool = self.pool
+        if pool is None:
+            pool = self.pool = core.router.route(self.request)
+        elif pool.retired:
+            # Scheduled again (a back end refused) after a reload: over the new set.
+            pool = self.pool = core.router.current(pool, self.request)
         backend, bound = pool.pick(self.request, now, self.tried)
         if backend is None:
             self.respond_error(503, retry_after=core.status.retry_after(now))

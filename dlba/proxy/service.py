@@ -7,16 +7,17 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 
 from dlba.config import Config
-from dlba.loading import FeedbackController, Target
+from dlba.loading import FeedbackController
 from dlba.proxy.accesslog import AccessLog
 from dlba.proxy.core import ProxyCore
 from dlba.proxy.front import ProxyFactory
 from dlba.proxy.transport import listen_endpoint
-from dlba.routing import Router
+from dlba.reload import apply_backends, plan_backends
+from dlba.routing import Router, build_router, controlled
 from dlba.tables import BackendState, BackendStatusTable
 
 log = Logger(namespace="dlba.proxy.service")  # stable, wherever this module moves
@@ -33,11 +34,54 @@ class ProxyService(MultiService):
     ``shutdown_grace`` seconds, then cuts what is left.
     """
 
-    def __init__(self, core: ProxyCore, grace: float, clock: IReactorTime) -> None:
+    def __init__(
+        self, core: ProxyCore, grace: float, clock: IReactorTime, tls_wrap: Any = None
+    ) -> None:
         super().__init__()
         self.core = core
         self.grace = grace
         self.clock = clock
+        self.tls_wrap = tls_wrap  # factory -> the same under TLS, for https
+
+    def factory_for(self, name: str) -> IProtocolFactory:
+        """The factory of a new listener called ``name`` ("http" or "https")."""
+        secure = name == "https"
+        front = ProxyFactory(self.core, secure, self.core.limits.max_client_connections)
+        factory: IProtocolFactory = self.tls_wrap(front) if secure else front
+        return factory
+
+    def reload(self, old: Config, new: Config) -> int:
+        """Take ``new`` (the node checked that it may): back-end rows, pools and rules,
+        feedback controllers, limits, cookie and HSTS.  Nothing here touches a client
+        connection: requests in flight finish on the rows and pools they started with.
+        Returns how many waiting requests moved to the new pools."""
+        core = self.core
+        plan = plan_backends(old, new)
+        retired = apply_backends(core.status, plan, new)
+        router = build_router(new, core.status, core.router)
+        # The limits first, so that the slots handed out below respect them.
+        core.dispatch.reconfigure(controlled(new), set(plan.replaced) | set(plan.added))
+        moved = core.reload(
+            router,
+            retired,
+            new.limits,
+            cookie_name=new.persistence.cookie,
+            hsts=new.tls.hsts,
+        )
+        self.grace = new.limits.shutdown_grace
+        for front in self.fronts():
+            front.max_connections = new.limits.max_client_connections
+        return moved
+
+    def fronts(self) -> list[ProxyFactory]:
+        """The client-side factories of the listeners, under TLS or not."""
+        found = []
+        for listener in self:
+            factory = getattr(listener, "factory", None)
+            factory = getattr(factory, "wrappedFactory", factory)
+            if isinstance(factory, ProxyFactory):
+                found.append(factory)
+        return found
 
     def startService(self) -> None:
         self.core.start()
@@ -115,18 +159,12 @@ def make_proxy_service(
         config.persistence.cookie,
         hsts=config.tls.hsts,
     )
-    for pc in config.pools:
-        if pc.adaptive:
-            for b in pc.backends:
-                if b.number not in core.dispatch.controllers:
-                    target: Target = "throughput" if pc.target == "throughput" else "latency"
-                    core.dispatch.control(b.number, FeedbackController(pc.max_concurrent, target))
-    proxy = ProxyService(core, limits.shutdown_grace, clock)
+    for number, (ceiling, target) in controlled(config).items():
+        core.dispatch.control(number, FeedbackController(ceiling, target))
+    proxy = ProxyService(core, limits.shutdown_grace, clock, tls_wrap)
     proxy.setName("proxy")
     for name, description in listen.items():
-        factory: Any = ProxyFactory(core, name == "https", limits.max_client_connections)
-        if name == "https":
-            factory = tls_wrap(factory)
+        factory = proxy.factory_for(name)
         # strports.service, but with connections that write through; under https the
         # TLS layer sits on the factory, so its ciphertext writes through as well.
         svc = StreamServerEndpointService(listen_endpoint(reactor, description), factory)
