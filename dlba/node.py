@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from dlba.array.status import StatusFactory
 from dlba.array.sweep import Address, SweepService
+from dlba.clienttable import ClientTable
 from dlba.config import Config, bind_to, endpoint_option, scheduler_of
 from dlba.errors import ConfigError, ConfigErrors, NeedsRestart
 from dlba.proxy import listeners
@@ -241,6 +242,8 @@ class NodeService(MultiService):
             )
         scheduler = scheduler_of(new)
         report.scheduler = lambda: scheduler
+        if report.client_table is not None:
+            report.client_table.idle_timeout = new.array.bucket_idle_timeout
         report.policies = {p.name: p.policy for p in new.pools}
         if proxy is not None:
             report.pools = proxy.core.router.pools
@@ -344,13 +347,19 @@ def make_node_service(
     nodes = array_nodes(config)
     scheduler = scheduler_of(config)
     sweep = None
+    client_table = None
     if config.listen.status and scheduler == config.node.number:
+        # The scheduler keeps the client table; the sweep frees a failed node's buckets.
+        client_table = ClientTable(
+            config.array.table_size, nodes, idle_timeout=config.array.bucket_idle_timeout
+        )
         sweep = Sweep(
             nodes,
             SummaryTable(),
             timeout=config.array.sweep_timeout,
             tries=max(1, config.array.sweep_retries),
             delay=config.array.sweep_delay,
+            on_failed=[client_table.node_failed],
         )
     node.report = NodeReport(
         config.node.number,
@@ -363,6 +372,7 @@ def make_node_service(
         sweep=sweep,
         scheduler=lambda: scheduler,
         table_size=config.array.table_size,
+        client_table=client_table,
     )
     if config.listen.status:
         svc = strports.service(

@@ -57,6 +57,7 @@ APPLIED: Final = frozenset(
         "array.sweep_delay",
         "array.sweep_timeout",
         "array.sweep_retries",
+        "array.bucket_idle_timeout",
         "array.nodes",
         "pools",
         "rules",
@@ -66,9 +67,7 @@ APPLIED: Final = frozenset(
 )
 
 # Nothing that runs reads these yet: a change is accepted and means nothing until then.
-NOT_READ_YET: Final = frozenset(
-    {"array.bucket_idle_timeout", "array.ping_interval", "array.ping_misses"}
-)
+NOT_READ_YET: Final = frozenset({"array.ping_interval", "array.ping_misses"})
 
 # ``[listen]`` keys, in the order listeners are reported.
 LISTENERS: Final = tuple(f.name for f in dataclasses.fields(ListenSection))

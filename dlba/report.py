@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from dlba import __version__
+from dlba.clienttable import ClientTable
 from dlba.routing import Pool
 from dlba.sessions import SessionTable
 from dlba.sweep import Sweep
@@ -59,6 +60,7 @@ class NodeReport:
         scheduler: Callable[[], int | None] = lambda: None,
         term: Callable[[], int] = lambda: 0,
         table_size: int = 0,
+        client_table: ClientTable | None = None,
     ) -> None:
         self.number = number
         self.started = started
@@ -71,6 +73,7 @@ class NodeReport:
         self.scheduler = scheduler
         self.term = term
         self.table_size = table_size
+        self.client_table = client_table  # held by the scheduler (and synced copies)
 
     # -- the parts ------------------------------------------------------------------------
 
@@ -183,8 +186,17 @@ class NodeReport:
             "sweeps": sweep.sweeps if sweep is not None else 0,
             "nodes": [n.row() for n in self.nodes] if sweep is not None else [],
             "summary": [r.row() for r in sweep.summary.rows] if sweep is not None else [],
-            "client_table": None,  # the client table arrives with the control plane
+            "client_table": self._client_table(owners=True),
         }
+
+    def _client_table(self, *, owners: bool) -> Row | None:
+        table = self.client_table
+        if table is None:
+            return None
+        row: Row = dict(table.row())
+        if owners:
+            row["owners"] = table.owners()  # the dashboard's bucket map
+        return row
 
     # -- the whole ------------------------------------------------------------------------
 
@@ -210,9 +222,14 @@ class NodeReport:
     def tables_lines(self, now: float) -> list[Row]:
         """The ``TABLES`` answer: what this node holds of the array's tables."""
         array = self.array(now)
+        client = self._client_table(owners=False) or {
+            # Not held: this node neither schedules nor has synced a copy.
+            "version": None,
+            "size": self.table_size,
+            "buckets": {},
+        }
         lines: list[Row] = [
-            # Not held until the control plane brings the client table.
-            {"table": "client", "version": None, "size": self.table_size, "buckets": {}},
+            {"table": "client", **client},
             {
                 "table": "sweep",
                 "sweeping": array["sweeping"],

@@ -173,6 +173,18 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual([n.ip for n in sweep.nodes], ["127.0.0.11", "127.0.0.12"])
         self.assertEqual(node1.report.node(0.0)["role"], "scheduler")  # type: ignore[attr-defined]
         self.assertEqual(node2.report.node(0.0)["role"], "node")  # type: ignore[attr-defined]
+        # The scheduler holds the client table; the sweep frees a failed node's buckets.
+        report = node1.report  # type: ignore[attr-defined]
+        table = report.client_table
+        self.assertEqual(table.lookup(0, 0.0), 1)  # placed on the emptiest live node
+        self.assertIn(table.node_failed, sweep.on_failed)
+        client = report.array(0.0)["client_table"]
+        self.assertEqual((client["size"], client["buckets"]), (4093, {1: 1, 2: 0}))
+        self.assertEqual(len(client["owners"]), 4093)
+        [line] = [x for x in report.tables_lines(0.0) if x["table"] == "client"]
+        self.assertNotIn("owners", line)
+        self.assertEqual(line["table_id"], table.table_id)
+        self.assertIsNone(node2.report.client_table)  # type: ignore[attr-defined]
 
     def test_without_array_nodes_a_node_sweeps_itself(self) -> None:
         config = parse('[listen]\nstatus = "tcp:7701:interface=127.0.0.5"\n', "x.toml")
