@@ -116,7 +116,7 @@ def layer_violations(graph: Mapping[str, Iterable[str]]) -> list[str]:
         for module in sorted(imported):
             if module.startswith("twisted") and not module.startswith(ALLOWED_TWISTED):
                 out.append(f"{name} imports {module}")
-            elif module.startswith(GLUE_PREFIXES):
+            elif any(module == g or module.startswith(g + ".") for g in GLUE_PREFIXES):
                 out.append(f"{name} (pure) imports glue {module}")
     return out
 
@@ -195,6 +195,14 @@ class CheckerTests(SynchronousTestCase):
         graph = {"dlba.http.request": {"dlba.proxy.front"}, "dlba.proxy.front": set()}
         self.assertEqual(
             layer_violations(graph), ["dlba.http.request (pure) imports glue dlba.proxy.front"]
+        )
+
+    def test_a_prefix_is_not_a_package(self) -> None:
+        # dlba.clienttable is pure; only dlba.client (and below) is glue.
+        self.assertEqual(layer_violations({"dlba.report": {"dlba.clienttable"}}), [])
+        self.assertEqual(
+            layer_violations({"dlba.report": {"dlba.client"}}),
+            ["dlba.report (pure) imports glue dlba.client"],
         )
 
     def test_glue_may_use_twisted(self) -> None:
