@@ -248,16 +248,17 @@ class ArrayClient:
         result.committed = bool(result.serials)
         return result
 
-    async def _gather(self, numbers: list[int], call: Any) -> dict[int, Any]:
-        """``call(n)`` on every node at once; each node's answer or exception."""
+    async def gather(self, numbers: list[int], call: Any) -> list[Any]:
+        """``await call(n)`` on every node at once: each node's answer or exception, in
+        the order of ``numbers``."""
         from twisted.internet.defer import ensureDeferred
 
         ds = [ensureDeferred(call(n)) for n in numbers]
         outcomes = await DeferredList(ds, consumeErrors=True)
-        return {
-            n: (value if ok else value.value)
-            for n, (ok, value) in zip(numbers, outcomes, strict=True)
-        }
+        return [value if ok else value.value for ok, value in outcomes]
+
+    async def _gather(self, numbers: list[int], call: Any) -> dict[int, Any]:
+        return dict(zip(numbers, await self.gather(numbers, call), strict=True))
 
 
 def _why(e: BaseException) -> str:

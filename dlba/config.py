@@ -997,6 +997,16 @@ class _Checker:
                 'list at least one PEM file (key + chain), e.g. certificates = ["tls/www.pem"]',
                 ("listen", "https"),
             )
+        if listen.sync is not None:
+            for key in ("ca", "node_certificate"):
+                if not getattr(tls, key):
+                    self.fail(
+                        ("tls", key),
+                        "is not set but listen.sync is",
+                        "the control plane is mutual TLS: make the array's certificates "
+                        "with dlba-ctl certs init --config FILE and name them under [tls]",
+                        ("listen", "sync"),
+                    )
         for name in ("http", "https"):
             if getattr(listen, name) is not None and not pools:
                 self.fail(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import json
 import os
 import socket
 import ssl
@@ -518,10 +519,6 @@ def logstats(args: argparse.Namespace) -> int:
     return status
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # -- the array's certificates -------------------------------------------------------------
 
 
@@ -575,3 +572,288 @@ def certs(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+# -- the control plane: every node of the file, over AMP with the admin certificate -------
+#
+# Exit codes scripts can trust: 0 done everywhere; 1 refused or failed (for push: nothing
+# changed); 2 bad use; 4 done where the node could be reached, but some could not.
+
+PARTIAL = 4
+
+
+def _array_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="FILE", help="the array's config file")
+    p.add_argument("--json", action="store_true", help="JSON for scripts")
+    p.add_argument("--timeout", type=_positive(float), default=5.0, help="seconds per node")
+
+
+def _load_array(args: argparse.Namespace) -> Any:
+    from dlba.config import load
+    from dlba.errors import ConfigError
+
+    try:
+        return load(args.config)
+    except ConfigError as e:
+        raise CtlError(str(e), USAGE) from None
+
+
+def _with_client(args: argparse.Namespace, work: Callable[[Any], Any]) -> int:
+    """Run ``await work(client)`` on the reactor; its int is the exit status."""
+    from twisted.internet import reactor as _reactor
+    from twisted.internet.defer import ensureDeferred
+
+    from dlba.client import ArrayClient, ClientError
+
+    reactor: Any = _reactor
+    config = _load_array(args)
+    try:
+        client = ArrayClient(config, reactor, timeout=args.timeout)
+    except ClientError as e:
+        raise CtlError(str(e), USAGE) from None
+    outcome: dict[str, Any] = {}
+
+    async def run() -> None:
+        try:
+            outcome["status"] = await work(client)
+        except Exception as e:  # reported below, as one line
+            outcome["error"] = e
+        finally:
+            await client.close()
+            reactor.stop()
+
+    reactor.callWhenRunning(lambda: ensureDeferred(run()))
+    reactor.run(installSignalHandlers=False)
+    error = outcome.get("error")
+    if isinstance(error, CtlError):
+        raise error
+    if error is not None:
+        raise CtlError(str(error) or type(error).__name__)
+    status: int = outcome.get("status", 1)
+    return status
+
+
+def _emit(args: argparse.Namespace, data: Any, rows: list[list[str]], heads: list[str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)
+    ]
+    print("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    _array_arguments(p)
+    p.add_argument("--node", type=int, help="only this node")
+
+
+@command("status", "each node's role, uptime, traffic and back ends", _status_arguments)
+def status(args: argparse.Namespace) -> int:
+    async def work(client: Any) -> int:
+        numbers = [args.node] if args.node else [n.number for n in client.nodes()]
+        answers = await client.gather(numbers, client.status)
+        rows, data, down = [], {}, 0
+        for number, got in zip(numbers, answers, strict=True):
+            if isinstance(got, Exception):
+                down += 1
+                data[number] = {"error": str(got)}
+                rows.append([str(number), "down", "", "", "", "", str(got)])
+                continue
+            data[number] = got
+            node, backends = got["node"], got["backends"]
+            up = sum(1 for b in backends if b["enabled"] and not b["failed"])
+            rows.append(
+                [
+                    str(number),
+                    node["role"],
+                    f"{node['uptime']:.0f}s",
+                    str(node["connections_open"]),
+                    str(node["hits"]),
+                    f"{up}/{len(backends)}",
+                    "",
+                ]
+            )
+        heads = ["node", "role", "uptime", "connections", "hits", "back ends up", "error"]
+        _emit(args, data, rows, heads)
+        if down == len(numbers):
+            return 1
+        return PARTIAL if down else 0
+
+    return _with_client(args, work)
+
+
+@command("scheduler", "who each node says is scheduler, and in which term", _array_arguments)
+def scheduler(args: argparse.Namespace) -> int:
+    async def work(client: Any) -> int:
+        numbers = [n.number for n in client.nodes()]
+        answers = await client.gather(numbers, client.who_is_scheduler)
+        rows, data, views = [], {}, set()
+        for number, got in zip(numbers, answers, strict=True):
+            if isinstance(got, Exception):
+                data[number] = {"error": str(got)}
+                rows.append([str(number), "", "", str(got)])
+            else:
+                views.add(got)
+                data[number] = {"scheduler": got[0], "term": got[1]}
+                rows.append([str(number), str(got[0]), str(got[1]), ""])
+        _emit(args, data, rows, ["node", "scheduler", "term", "error"])
+        if not views:
+            return 1
+        if len(views) > 1:
+            print("dlba-ctl: scheduler: the nodes disagree", file=sys.stderr)
+            return 1
+        reached = sum(1 for d in data.values() if "term" in d)
+        return PARTIAL if reached < len(numbers) else 0
+
+    return _with_client(args, work)
+
+
+def _table_arguments(p: argparse.ArgumentParser) -> None:
+    _array_arguments(p)
+    p.add_argument("--node", type=int, help="ask this node (default: the scheduler)")
+    p.add_argument("--since", type=int, default=-1, help="only the buckets changed since V")
+    p.add_argument("--table-id", default="", help="the table id the --since version is of")
+
+
+@command("table", "the client table: version, buckets per node, changes", _table_arguments)
+def table(args: argparse.Namespace) -> int:
+    from dlba.config import scheduler_of
+
+    async def work(client: Any) -> int:
+        number = args.node or (await client.who_is_scheduler(scheduler_of(client.config)))[0]
+        t = await client.client_table(number, args.since, args.table_id)
+        counts: dict[int, int] = {}
+        for node in t.buckets.values():
+            counts[node] = counts.get(node, 0) + 1
+        data = {
+            "node": number,
+            "version": t.version,
+            "table_id": t.table_id,
+            "full": t.full,
+            "size": t.size,
+            "buckets": {str(b): n for b, n in sorted(t.buckets.items())},
+        }
+        what = "whole table" if t.full else f"{len(t.buckets)} changed since {args.since}"
+        if not args.json:
+            print(
+                f"node {number}: table {t.table_id} version {t.version}, {t.size} buckets ({what})"
+            )
+        rows = [[("unassigned" if n < 0 else str(n)), str(c)] for n, c in sorted(counts.items())]
+        _emit(args, data, rows, ["node", "buckets"])
+        return 0
+
+    return _with_client(args, work)
+
+
+def _push_arguments(p: argparse.ArgumentParser) -> None:
+    _array_arguments(p)
+    p.add_argument("file", metavar="NEW_CONFIG", help="the config every node should run")
+
+
+@command("push", "validate a config on every node, then commit it on all", _push_arguments)
+def push(args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as e:
+        raise CtlError(f"{args.file}: cannot read: {e.strerror}") from None
+
+    async def work(client: Any) -> int:
+        result = await client.push(text)
+        data = {
+            "committed": result.committed,
+            "serial": result.serial,
+            "errors": result.errors,
+            "down": result.down,
+            "serials": result.serials,
+        }
+        if args.json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            for n in [n.number for n in client.nodes()]:
+                if n in result.serials:
+                    print(f"node {n}: committed serial {result.serials[n]}")
+                elif n in result.errors:
+                    print(f"node {n}: refused:")
+                    for line in result.errors[n].splitlines():
+                        print(f"  {line}")
+                elif n in result.down:
+                    print(f"node {n}: not reached: {result.down[n]}")
+                else:
+                    print(f"node {n}: validated, not committed (another node refused)")
+        if result.errors or not result.committed:
+            return 1
+        return PARTIAL if result.down else 0
+
+    return _with_client(args, work)
+
+
+def _backend_arguments(p: argparse.ArgumentParser) -> None:
+    _array_arguments(p)
+    p.add_argument("state", choices=["enable", "disable", "drain"])
+    p.add_argument("backend", type=int, metavar="NUMBER", help="the back end's number")
+    p.add_argument("--pool", default="", help="check it is in this pool")
+    p.add_argument("--grace", type=_positive(float, True), default=60.0, help="drain: seconds")
+
+
+@command("backend", "enable, disable or drain a back end on every node", _backend_arguments)
+def backend(args: argparse.Namespace) -> int:
+    state = {"enable": "enabled", "disable": "disabled", "drain": "drain"}[args.state]
+
+    async def work(client: Any) -> int:
+        numbers = [n.number for n in client.nodes()]
+        answers = await client.gather(
+            numbers,
+            lambda n: client.set_backend_state(n, args.pool, args.backend, state, args.grace),
+        )
+        return _report_states(args, numbers, answers)
+
+    return _with_client(args, work)
+
+
+def _node_arguments(p: argparse.ArgumentParser) -> None:
+    _array_arguments(p)
+    p.add_argument("state", choices=["enable", "disable"])
+    p.add_argument("node", type=int, metavar="NUMBER", help="the node's number")
+
+
+@command("node", "enable or disable a node (it gets no new clients)", _node_arguments)
+def node(args: argparse.Namespace) -> int:
+    state = "enabled" if args.state == "enable" else "disabled"
+
+    async def work(client: Any) -> int:
+        numbers = [n.number for n in client.nodes()]
+        answers = await client.gather(numbers, lambda n: client.set_node_state(n, args.node, state))
+        return _report_states(args, numbers, answers)
+
+    return _with_client(args, work)
+
+
+def _report_states(args: argparse.Namespace, numbers: list[int], answers: list[Any]) -> int:
+    from dlba.client import ClientError
+
+    rows, data, down, refused = [], {}, 0, 0
+    for number, got in zip(numbers, answers, strict=True):
+        if isinstance(got, ClientError):
+            down += 1
+            data[number] = {"error": str(got)}
+            rows.append([str(number), "not reached", str(got)])
+        elif isinstance(got, Exception):
+            refused += 1
+            data[number] = {"error": str(got)}
+            rows.append([str(number), "refused", str(got)])
+        else:
+            data[number] = {"state": got}
+            rows.append([str(number), got, ""])
+    _emit(args, data, rows, ["node", "state", "error"])
+    if refused or down == len(numbers):
+        return 1
+    return PARTIAL if down else 0
+
+
+# Last: every subcommand above has registered itself by now.
+if __name__ == "__main__":
+    sys.exit(main())

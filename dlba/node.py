@@ -63,6 +63,75 @@ def admin_service(config: Config, report: NodeReport, reactor: Any) -> Service:
     )
 
 
+def client_table_answer(report: NodeReport, since_version: int, table_id: str) -> dict[str, Any]:
+    """``GetClientTable``: the buckets changed since a version, else the whole table."""
+    from dlba.array import commands
+    from dlba.client import pack_buckets
+
+    table = report.client_table
+    if table is None:
+        raise commands.UnknownTarget(
+            f"node {report.number} holds no client table: ask the scheduler"
+        )
+    changed = table.changes_since(since_version, table_id)
+    if changed is None:
+        version, owners = table.snapshot()
+        full, buckets = True, pack_buckets(enumerate(owners))
+    else:
+        version, changes = changed
+        full, buckets = False, pack_buckets(sorted(changes.items()))
+    return {
+        "version": version,
+        "table_id": table.table_id,
+        "full": full,
+        "size": table.size,
+        "buckets": buckets,
+    }
+
+
+def sync_service(node: NodeService, proxy: ProxyService | None, reactor: Any) -> Service:
+    """The control plane on ``[listen] sync``: AMP inside mutual TLS."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from dlba.array.control import ControlPlane, read_committed
+    from dlba.array.peers import server_options
+    from dlba.array.sync import SyncFactory
+
+    config = node.config
+    report = node.report
+    assert report is not None and config.tls.ca and config.tls.node_certificate
+    try:
+        options = server_options(config.tls.ca, config.tls.node_certificate)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            config.path,
+            None,
+            "tls.node_certificate",
+            str(e),
+            "make the array's certificates with: dlba-ctl certs init --config FILE",
+        ) from None
+    plane = ControlPlane(
+        config,
+        read_committed(config.path, config.node.state_dir),
+        report,
+        apply=node.reload,
+        backends=proxy,
+        nodes=report.nodes,
+        clock=reactor,
+        # Until the election runs: the first [[array.node]], term 0.
+        scheduler=lambda: (scheduler_of(node.config), 0),
+        client_table=lambda since, table_id: client_table_answer(report, since, table_id),
+    )
+    node.control = plane
+    factory = SyncFactory(plane, lambda: [n.number for n in node.config.array.nodes])
+    tls = TLSMemoryBIOFactory(options, False, factory)
+    endpoint = serverFromString(reactor, bind_to(config.listen.sync or "", config.node_ip()))
+    svc = StreamServerEndpointService(endpoint, tls)
+    svc._raiseSynchronously = True  # as strports: a port in use fails startService
+    svc.setName("sync")
+    return svc
+
+
 class NodeService(MultiService):
     """Everything one ``twistd dlba`` process runs, composed from the config."""
 
@@ -74,6 +143,7 @@ class NodeService(MultiService):
         # Where this node's status daemon really listens (its port may be 0 in the file).
         self.status_address: Address | None = None
         self.report: NodeReport | None = None
+        self.control: Any = None  # the ControlPlane, when [listen] sync is set
         self.tls_context: Any = None  # the https listener's ServerTLSContextFactory
         # Reads the config file again as at start (--node, --state-dir): SIGHUP's source.
         self.reread: Callable[[], Config] | None = None
@@ -397,6 +467,8 @@ def make_node_service(
         SweepService(sweep, reactor, address_of).setServiceParent(node)
     if config.listen.admin:
         admin_service(config, node.report, reactor).setServiceParent(node)
+    if config.listen.sync:
+        sync_service(node, proxy, reactor).setServiceParent(node)
     for name, endpoint, factory in extra:
         svc = strports.service(endpoint, factory, reactor=reactor)
         svc.setName(name)

@@ -985,12 +985,19 @@ class ListenTests(ErrorAssertions):
         text = (
             '[listen]\nstatus = "tcp:0"\nsync = "tcp6:7702:interface=\\\\:\\\\:1"\n'
             'admin = "unix:/run/dlba/admin.sock"\n'
+            '[tls]\nca = "ca.pem"\nnode_certificate = "node{number}.pem"\n'
         )
         config = parse(text, "x")
         self.assertEqual(config.listen.sync, "tcp6:7702:interface=\\:\\:1")
         self.assertEqual(config.listen.admin, "unix:/run/dlba/admin.sock")
         config = parse('[listen]\nstatus = "systemd:domain=INET:index=0"\n', "x")
         self.assertEqual(config.listen.status, "systemd:domain=INET:index=0")
+
+    def test_sync_needs_the_array_certificates(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            parse('[listen]\nsync = "tcp:7702"\n[tls]\nca = "ca.pem"\n', "x")
+        self.assertEqual(caught.exception.key, "tls.node_certificate")
+        self.assertIn("dlba-ctl certs init", str(caught.exception))
 
     def test_bare_port(self) -> None:
         self.assertConfigError(

@@ -285,7 +285,8 @@ class ClientTests(TestCase):
         )
         text = (
             f'[listen]\nsync = "tcp:{self.port}"\n'
-            f'[tls]\nca = "{self.certs.ca}"\nadmin_certificate = "{self.certs.admin}"\n' + nodes
+            f'[tls]\nca = "{self.certs.ca}"\nadmin_certificate = "{self.certs.admin}"\n'
+            f'node_certificate = "{self.certs.dir}/n{{number}}.pem"\n' + nodes
         )
         client = ArrayClient(parse(text, "array.toml"), reactor)
         self.addCleanup(client.close)

@@ -92,7 +92,7 @@ class ControlPlane:
         committed: Committed,
         report: NodeReport,
         *,
-        apply: Callable[[Config], None],
+        apply: Callable[[Config], object],
         backends: BackendControl | None = None,
         nodes: NodeStatusTable | None = None,
         clock: Any,

@@ -293,15 +293,26 @@ async def run(
     stdin: bytes = b"",
     deadline: float = CLIENT_DEADLINE,
     close_stdin_when: Callable[[bytes], bool] | None = None,
+    env: dict[str, str] | None = None,
 ) -> ProcessResult:
     """Run a client to its end; killed and failed if it takes longer than ``deadline``."""
     name = os.path.basename(argv[0])
-    child = spawn(argv, Child(name, stdin=stdin, close_stdin_when=close_stdin_when))
+    child = spawn(argv, Child(name, stdin=stdin, close_stdin_when=close_stdin_when), env=env)
     try:
         return await child.when_ended(deadline)
     except AssertionError:
         result = await child.kill()
         raise AssertionError(f"{' '.join(argv)} took over {deadline}s:\n{result.text}") from None
+
+
+def dlba_ctl(*args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and env for ``dlba-ctl``: the installed one, or this tree's with DLBA_E2E_TREE."""
+    if FROM_TREE:
+        return [sys.executable, "-m", "dlba.ctl", *args], dict(CHILD_ENV, PYTHONPATH=REPO)
+    found = shutil.which("dlba-ctl")
+    if found is None:
+        raise SkipTest("dlba-ctl is not installed (pip install . first, or DLBA_E2E_TREE=1)")
+    return [found, *args], CHILD_ENV
 
 
 def need(*binaries: str) -> None:
