@@ -126,10 +126,34 @@ def sync_service(node: NodeService, proxy: ProxyService | None, reactor: Any) ->
     factory = SyncFactory(plane, lambda: [n.number for n in node.config.array.nodes])
     tls = TLSMemoryBIOFactory(options, False, factory)
     endpoint = serverFromString(reactor, bind_to(config.listen.sync or "", config.node_ip()))
-    svc = StreamServerEndpointService(endpoint, tls)
+    svc = CatchingUpService(endpoint, tls, node, plane, reactor)
     svc._raiseSynchronously = True  # as strports: a port in use fails startService
     svc.setName("sync")
     return svc
+
+
+class CatchingUpService(StreamServerEndpointService):
+    """The sync listener; once the reactor runs, it asks the peers for a newer config."""
+
+    def __init__(
+        self, endpoint: Any, factory: Any, node: NodeService, plane: Any, reactor: Any
+    ) -> None:
+        super().__init__(endpoint, factory)
+        self.node = node
+        self.plane = plane
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet.defer import ensureDeferred
+
+        from dlba.array.catchup import catch_up
+
+        def go() -> None:
+            d = ensureDeferred(catch_up(self.node.config, self.plane, self.reactor))
+            d.addErrback(lambda f: log.failure("catch-up failed", f))
+
+        self.reactor.callWhenRunning(go)
 
 
 class NodeService(MultiService):

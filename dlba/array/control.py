@@ -158,6 +158,11 @@ class ControlPlane:
         )
         return digest
 
+    def adopt(self, text: str, serial: int) -> None:
+        """A peer's newer committed config (this node was down during its push): checked
+        as a push is, then installed."""
+        self.commit_config(self.push_config(text, serial))
+
     def commit_config(self, digest: str) -> int:
         staged = self._staged
         if staged is None or staged[0] != digest:
