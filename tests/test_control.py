@@ -159,8 +159,6 @@ class ControlPlaneTests(SynchronousTestCase):
     def test_no_client_table_yet(self) -> None:
         self.assertRaises(c.UnknownTarget, self.plane.client_table, 0, "")
 
-
-class AdoptTests(ControlPlaneTests):
     def test_a_peers_newer_config_is_adopted_and_an_older_one_refused(self) -> None:
         self.plane.adopt(self.text(9005), 3)
         self.assertEqual(self.plane.committed.serial, 3)
