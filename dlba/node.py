@@ -132,6 +132,45 @@ def sync_service(node: NodeService, proxy: ProxyService | None, reactor: Any) ->
     return svc
 
 
+def failover_service(node: NodeService, reactor: Any) -> Service:
+    """Pings, the election and table sync: who is scheduler, decided at run time."""
+    from dlba.array.failover import FailoverService
+    from dlba.client import ArrayClient
+    from dlba.election import Election
+
+    config = node.config
+    report = node.report
+    sweep = node.getServiceNamed("sweep")
+    assert report is not None and report.client_table is not None
+    a = config.array
+    nodes = report.nodes
+
+    def eligible(number: int) -> bool:
+        row = nodes.get(number)
+        return row is not None and row.enabled
+
+    election = Election(
+        config.node.number,
+        [n.number for n in a.nodes],
+        ping_interval=a.ping_interval,
+        ping_misses=a.ping_misses,
+        eligible=eligible,
+    )
+    # A ping that has not come back within the interval is as good as missed.
+    client = ArrayClient(
+        config, reactor, certificate=config.tls.node_certificate, timeout=a.ping_interval
+    )
+    failover = FailoverService(election, client, report.client_table, nodes, sweep, reactor)
+    report.scheduler = lambda: election.scheduler
+    report.term = lambda: election.term
+    report.sweeping = lambda: sweep.active
+    if node.control is not None:
+        node.control.scheduler = failover.view
+        node.control.heard_ping = failover.pinged_by
+    node.failover = failover
+    return failover
+
+
 class CatchingUpService(StreamServerEndpointService):
     """The sync listener; once the reactor runs, it asks the peers for a newer config."""
 
@@ -168,6 +207,7 @@ class NodeService(MultiService):
         self.status_address: Address | None = None
         self.report: NodeReport | None = None
         self.control: Any = None  # the ControlPlane, when [listen] sync is set
+        self.failover: Any = None  # the FailoverService, when the election runs
         self.tls_context: Any = None  # the https listener's ServerTLSContextFactory
         # Reads the config file again as at start (--node, --state-dir): SIGHUP's source.
         self.reread: Callable[[], Config] | None = None
@@ -335,7 +375,8 @@ class NodeService(MultiService):
                 removed=removed,
             )
         scheduler = scheduler_of(new)
-        report.scheduler = lambda: scheduler
+        if self.failover is None:  # with failover the election says, not the file
+            report.scheduler = lambda: scheduler
         if report.client_table is not None:
             report.client_table.idle_timeout = new.array.bucket_idle_timeout
         report.policies = {p.name: p.policy for p in new.pools}
@@ -442,7 +483,15 @@ def make_node_service(
     scheduler = scheduler_of(config)
     sweep = None
     client_table = None
-    if config.listen.status and scheduler == config.node.number:
+    # With a control plane and peers, the election decides who sweeps, at run time: every
+    # node keeps a sweep (idle unless scheduler) and a client table (a synced copy).
+    failover_on = bool(
+        config.listen.sync
+        and config.listen.status
+        and len(config.array.nodes) > 1
+        and config.node_ip() is not None
+    )
+    if config.listen.status and (failover_on or scheduler == config.node.number):
         # The scheduler keeps the client table; the sweep frees a failed node's buckets.
         client_table = ClientTable(
             config.array.table_size, nodes, idle_timeout=config.array.bucket_idle_timeout
@@ -488,11 +537,13 @@ def make_node_service(
                 return None
             return (peer.ip, int(status_port))
 
-        SweepService(sweep, reactor, address_of).setServiceParent(node)
+        SweepService(sweep, reactor, address_of, active=not failover_on).setServiceParent(node)
     if config.listen.admin:
         admin_service(config, node.report, reactor).setServiceParent(node)
     if config.listen.sync:
         sync_service(node, proxy, reactor).setServiceParent(node)
+    if failover_on:
+        failover_service(node, reactor).setServiceParent(node)
     for name, endpoint, factory in extra:
         svc = strports.service(endpoint, factory, reactor=reactor)
         svc.setName(name)

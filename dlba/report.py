@@ -61,6 +61,7 @@ class NodeReport:
         term: Callable[[], int] = lambda: 0,
         table_size: int = 0,
         client_table: ClientTable | None = None,
+        sweeping: Callable[[], bool] = lambda: True,
     ) -> None:
         self.number = number
         self.started = started
@@ -74,6 +75,7 @@ class NodeReport:
         self.term = term
         self.table_size = table_size
         self.client_table = client_table  # held by the scheduler (and synced copies)
+        self.sweeping = sweeping  # with failover the sweep runs only while scheduler
 
     # -- the parts ------------------------------------------------------------------------
 
@@ -176,7 +178,7 @@ class NodeReport:
         return rows
 
     def array(self, now: float) -> Row:
-        sweep = self.sweep
+        sweep = self.sweep if self.sweep is not None and self.sweeping() else None
         age = sweep.age(now) if sweep is not None else None
         return {
             "scheduler": self.scheduler(),

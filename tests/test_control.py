@@ -164,3 +164,24 @@ class ControlPlaneTests(SynchronousTestCase):
         self.assertEqual(self.plane.committed.serial, 3)
         self.assertEqual([p.pools[0].backends[1].port for p in self.applied], [9005])
         self.assertRaises(c.ConfigRefused, self.plane.adopt, self.text(9006), 2)
+
+
+class TableSyncCostTests(SynchronousTestCase):
+    def test_k_changed_buckets_cost_o_k_bytes(self) -> None:
+        """GetClientTable's answer for k changes carries 8 bytes a bucket, not the table."""
+        from dlba.clienttable import ClientTable
+        from dlba.node import client_table_answer
+
+        nodes = NodeStatusTable([NodeState(1, "", "127.0.0.11"), NodeState(2, "", "127.0.0.12")])
+        table = ClientTable(65521, nodes, idle_timeout=300.0)
+        report = NodeReport(1, 0.0, BackendStatusTable(), nodes=nodes, client_table=table)
+        full = client_table_answer(report, -1, "")
+        self.assertTrue(full["full"])
+        self.assertEqual(len(full["buckets"]), 8 * 65521)
+        since = table.version
+        for bucket in (5, 900, 65000):
+            table.lookup(bucket, 1.0)
+        answer = client_table_answer(report, since, table.table_id)
+        self.assertFalse(answer["full"])
+        self.assertEqual(len(answer["buckets"]), 8 * 3)
+        self.assertEqual(answer["version"], since + 3)

@@ -122,10 +122,14 @@ class SweepService(Service):
         sweep: Sweep,
         reactor: Any,  # IReactorTCP and IReactorTime
         address_of: Callable[[NodeState], Address | None],
+        *,
+        active: bool = True,
     ) -> None:
         self.sweep = sweep
         self.reactor = reactor
         self.address_of = address_of
+        # Only the scheduler sweeps: failover turns this on and off as the role changes.
+        self.active = active
         self._call: IDelayedCall | None = None
         self._asking: Deferred[list[bytes]] | None = None
         sweep.on_failed.append(self._failed)
@@ -133,11 +137,28 @@ class SweepService(Service):
 
     def startService(self) -> None:
         super().startService()
-        # On the next turn: the status listener (which the node sweeps too) is up by then.
-        self._call = self.reactor.callLater(0, self._step)
+        if self.active:
+            # On the next turn: the status listener (which the node sweeps too) is up.
+            self._call = self.reactor.callLater(0, self._step)
+
+    def activate(self) -> None:
+        """This node became scheduler: sweep from the next turn."""
+        if self.active:
+            return
+        self.active = True
+        if self.running and self._call is None and self._asking is None:
+            self._call = self.reactor.callLater(0, self._step)
+
+    def deactivate(self) -> None:
+        """This node stood down: the sweep stops (a visit under way is abandoned)."""
+        self.active = False
+        self._halt()
 
     def stopService(self) -> None:
         super().stopService()
+        self._halt()
+
+    def _halt(self) -> None:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -147,7 +168,7 @@ class SweepService(Service):
 
     def _step(self) -> None:
         self._call = None
-        if not self.running:
+        if not self.running or not self.active:
             return
         now = self.reactor.seconds()
         action = self.sweep.next(now)
@@ -170,8 +191,8 @@ class SweepService(Service):
             self.sweep.answered(node, parse_status(lines), self.reactor.seconds())
 
         def missed(failure: Failure) -> None:
-            if not self.running:
-                return  # cancelled by stopService: not the node's fault
+            if not self.running or not self.active:
+                return  # cancelled by a stop or a stand-down: not the node's fault
             self.sweep.missed(node, describe(failure), self.reactor.seconds())
 
         def next_step(_: object) -> None:

@@ -78,6 +78,10 @@ class ControlTests(E2ETestCase):
         self.assertEqual(len(made.stdout.split()), 6)  # CA, its key, 3 nodes, admin
         nodes = [await self.node(n) for n in (1, 2, 3)]
         cfg = ("--config", self.config_path)
+        # The election runs first (a start-up grace of ping_interval * ping_misses).
+        await nodes[0].wait_event(
+            lambda e: "scheduler now" in e.get("log_format", ""), "node 1 to be elected"
+        )
 
         result = await self.ctl("status", *cfg, "--json")
         self.assertEqual(result.code, 0, result.text)
