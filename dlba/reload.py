@@ -41,6 +41,8 @@ RESTART: Final[dict[str, str]] = {
     "tls.ca": "the control plane's TLS is set up at start",
     "tls.node_certificate": "the control plane's TLS is set up at start",
     "tls.admin_certificate": "the control plane's TLS is set up at start",
+    "array.ping_interval": "the election's pace is set at start",
+    "array.ping_misses": "the election's pace is set at start",
 }
 
 # Taken by a reload: for the listeners, pools, back ends and rules see ``diff``.
@@ -67,7 +69,7 @@ APPLIED: Final = frozenset(
 )
 
 # Nothing that runs reads these yet: a change is accepted and means nothing until then.
-NOT_READ_YET: Final = frozenset({"array.ping_interval", "array.ping_misses"})
+NOT_READ_YET: Final[frozenset[str]] = frozenset()
 
 # ``[listen]`` keys, in the order listeners are reported.
 LISTENERS: Final = tuple(f.name for f in dataclasses.fields(ListenSection))
