@@ -28,6 +28,7 @@ PURE = frozenset(
         "dlba.config",
         "dlba.election",
         "dlba.errors",
+        "dlba.files",
         "dlba.hashing",
         "dlba.history",
         "dlba.interfaces",

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from dlba.array import commands as c
 from dlba.config import Config, parse
 from dlba.errors import ConfigError, ConfigErrors
+from dlba.files import write_atomically
 from dlba.reload import check_reloadable
 from dlba.report import NodeReport
 from dlba.tables import NodeStatusTable
@@ -48,23 +49,6 @@ class BackendControl(Protocol):
 class Committed:
     text: str
     serial: int
-
-
-def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: a reader sees the old file or the new, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_committed(config_path: str, state_dir: str) -> Committed:

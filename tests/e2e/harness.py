@@ -476,6 +476,45 @@ def dlba_config(
     return "\n".join(lines)
 
 
+ARRAY_IPS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
+
+
+def array_config(
+    state_dir: str,
+    status_port: int,
+    sync_port: int,
+    backends: Sequence[str],
+    *,
+    policy: str = "round-robin",
+    array: dict[str, object] | None = None,
+) -> str:
+    """One config for three nodes on ARRAY_IPS with the control plane: the certificates
+    at the paths ``dlba-ctl certs init`` makes, each node's state in its own folder."""
+    lines = toml_table("[node]", {"number": 1, "state_dir": state_dir + "/state{number}"})
+    lines += toml_table(
+        "[listen]", {"http": "tcp:0", "status": f"tcp:{status_port}", "sync": f"tcp:{sync_port}"}
+    )
+    lines += toml_table(
+        "[tls]",
+        {
+            "ca": "tls/ca.pem",
+            "node_certificate": "tls/node{number}.pem",
+            "admin_certificate": "tls/admin.pem",
+        },
+    )
+    lines += toml_table("[log]", {"access_log": ""})
+    if array:
+        lines += toml_table("[array]", array)
+    for n, ip in enumerate(ARRAY_IPS, 1):
+        lines += toml_table(
+            "[[array.node]]", {"number": n, "mac": f"02:00:00:00:00:{n:02x}", "ip": ip}
+        )
+    lines += toml_table("[[pool]]", {"name": "app", "policy": policy})
+    for number, address in enumerate(backends, 1):
+        lines += toml_table("[[pool.backend]]", {"number": number, "address": address})
+    return "\n".join(lines)
+
+
 class Dlba:
     """One ``twistd dlba`` child process reading ``config_path``."""
 

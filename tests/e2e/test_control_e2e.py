@@ -12,10 +12,10 @@ from tests.e2e.harness import (
     Dlba,
     E2ETestCase,
     ProcessResult,
+    array_config,
     dlba_ctl,
     run,
     status_lines,
-    toml_table,
 )
 from tests.e2e.test_array_e2e import IPS, free_port_on_all
 
@@ -24,28 +24,7 @@ class ControlTests(E2ETestCase):
     timeout = 180
 
     def config_text(self, status_port: int, sync_port: int, backends: list[str]) -> str:
-        lines = toml_table("[node]", {"number": 1, "state_dir": self.dir + "/state{number}"})
-        lines += toml_table(
-            "[listen]",
-            {"http": "tcp:0", "status": f"tcp:{status_port}", "sync": f"tcp:{sync_port}"},
-        )
-        lines += toml_table(
-            "[tls]",
-            {
-                "ca": "tls/ca.pem",
-                "node_certificate": "tls/node{number}.pem",
-                "admin_certificate": "tls/admin.pem",
-            },
-        )
-        lines += toml_table("[log]", {"access_log": ""})
-        for n, ip in enumerate(IPS, 1):
-            lines += toml_table(
-                "[[array.node]]", {"number": n, "mac": f"02:00:00:00:00:{n:02x}", "ip": ip}
-            )
-        lines += toml_table("[[pool]]", {"name": "app", "policy": "round-robin"})
-        for number, address in enumerate(backends, 1):
-            lines += toml_table("[[pool.backend]]", {"number": number, "address": address})
-        return "\n".join(lines)
+        return array_config(self.dir, status_port, sync_port, backends)
 
     async def ctl(self, *args: str) -> ProcessResult:
         argv, env = dlba_ctl(*args)

@@ -13,12 +13,12 @@ from twisted.internet.defer import Deferred
 from tests.e2e.harness import (
     Dlba,
     E2ETestCase,
+    array_config,
     dlba_ctl,
     reactor,
     request,
     run,
     status_lines,
-    toml_table,
 )
 from tests.e2e.test_array_e2e import IPS, free_port_on_all, pause
 
@@ -31,36 +31,18 @@ class FailoverTests(E2ETestCase):
     timeout = 180
 
     def config_text(self, status_port: int, sync_port: int, backend: str) -> str:
-        lines = toml_table("[node]", {"number": 1, "state_dir": self.dir + "/state{number}"})
-        lines += toml_table(
-            "[listen]",
-            {"http": "tcp:0", "status": f"tcp:{status_port}", "sync": f"tcp:{sync_port}"},
-        )
-        lines += toml_table(
-            "[tls]",
-            {
-                "ca": "tls/ca.pem",
-                "node_certificate": "tls/node{number}.pem",
-                "admin_certificate": "tls/admin.pem",
-            },
-        )
-        lines += toml_table("[log]", {"access_log": ""})
-        lines += toml_table(
-            "[array]",
-            {
+        return array_config(
+            self.dir,
+            status_port,
+            sync_port,
+            [backend],
+            array={
                 "ping_interval": PING_INTERVAL,
                 "ping_misses": PING_MISSES,
                 "sweep_delay": 0.2,
                 "sweep_timeout": 0.5,
             },
         )
-        for n, ip in enumerate(IPS, 1):
-            lines += toml_table(
-                "[[array.node]]", {"number": n, "mac": f"02:00:00:00:00:{n:02x}", "ip": ip}
-            )
-        lines += toml_table("[[pool]]", {"name": "app"})
-        lines += toml_table("[[pool.backend]]", {"number": 1, "address": backend})
-        return "\n".join(lines)
 
     async def node(self, number: int) -> Dlba:
         dlba = Dlba(self.config_path, "--node", str(number))
