@@ -320,3 +320,53 @@ class ClientTests(TestCase):
         self.assertEqual(list(result.down), [3])
         self.assertIn("node 3 (127.0.0.13:", result.down[3])
         self.assertEqual([h.text for h in self.handlers], ["new config", "new config", "old"])
+
+
+class SyncOverIOSimTests(SynchronousTestCase):
+    """The commands over an in-memory pair (twisted.test.iosim), no sockets: the TLS
+    layer's verdict is set by hand, as handshakeCompleted would."""
+
+    def pair(self, identity: str | None) -> tuple[Any, Any, Any, Handler]:
+        from twisted.test import iosim
+
+        from dlba.array.sync import SyncProtocol
+
+        handler = Handler()
+        server = SyncProtocol(handler, lambda: [1, 2])
+        client = amp.AMP()
+        _, _, pump = iosim.connectedServerAndClient(lambda: server, lambda: client)
+        server.peer_identity = identity
+        return server, client, pump, handler
+
+    def call(self, client: Any, pump: Any, command: Any, **kw: Any) -> Any:
+        """The answer, or the Failure, once the pair has exchanged everything."""
+        results: list[Any] = []
+        client.callRemote(command, **kw).addBoth(results.append)
+        pump.flush()
+        self.assertEqual(len(results), 1, "no answer")
+        return results[0]
+
+    def test_commands_round_trip(self) -> None:
+        _, client, pump, handler = self.pair("admin")
+        answer = self.call(client, pump, c.Ping, node=2, scheduler=1, term=4)
+        self.assertEqual(answer, {"node": 1, "scheduler": 1, "term": 7})
+        self.assertIn(("ping", 2, 1, 4), handler.told)
+        table = self.call(client, pump, c.GetClientTable, since_version=1, table_id="t")
+        self.assertEqual((table["version"], table["full"]), (3, False))
+        got = self.call(client, pump, c.GetConfig)
+        self.assertEqual(len(got["text"]), 200_000)
+
+    def test_refusals_travel_as_typed_errors(self) -> None:
+        _, client, pump, _ = self.pair("node2")
+        failure = self.call(client, pump, c.SetNodeState, node=1, state="disabled")
+        self.assertTrue(failure.check(c.NotAllowed), failure)
+        self.assertIn("needs the admin certificate", str(failure.value))
+        _, client, pump, _ = self.pair("admin")
+        failure = self.call(client, pump, c.PushConfig, text="bad", serial=1)
+        self.assertTrue(failure.check(c.ConfigRefused), failure)
+        self.assertIn("limits.x", str(failure.value))
+
+    def test_nothing_before_the_handshake(self) -> None:
+        _, client, pump, handler = self.pair(None)
+        self.assertTrue(self.call(client, pump, c.WhoIsScheduler).check(c.NotAllowed))
+        self.assertEqual(handler.told, [])
