@@ -22,7 +22,7 @@ from dlba.proxy import listeners
 from dlba.proxy.accesslog import AccessLog
 from dlba.proxy.service import ProxyService, make_proxy_service
 from dlba.proxy.transport import listen_endpoint
-from dlba.reload import apply_backends, diff
+from dlba.reload import apply_backends, diff, failover_on
 from dlba.report import NodeReport
 from dlba.routing import backend_table, build_router
 from dlba.sweep import Sweep
@@ -485,13 +485,8 @@ def make_node_service(
     client_table = None
     # With a control plane and peers, the election decides who sweeps, at run time: every
     # node keeps a sweep (idle unless scheduler) and a client table (a synced copy).
-    failover_on = bool(
-        config.listen.sync
-        and config.listen.status
-        and len(config.array.nodes) > 1
-        and config.node_ip() is not None
-    )
-    if config.listen.status and (failover_on or scheduler == config.node.number):
+    failover = failover_on(config)
+    if config.listen.status and (failover or scheduler == config.node.number):
         # The scheduler keeps the client table; the sweep frees a failed node's buckets.
         client_table = ClientTable(
             config.array.table_size, nodes, idle_timeout=config.array.bucket_idle_timeout
@@ -537,12 +532,12 @@ def make_node_service(
                 return None
             return (peer.ip, int(status_port))
 
-        SweepService(sweep, reactor, address_of, active=not failover_on).setServiceParent(node)
+        SweepService(sweep, reactor, address_of, active=not failover).setServiceParent(node)
     if config.listen.admin:
         admin_service(config, node.report, reactor).setServiceParent(node)
     if config.listen.sync:
         sync_service(node, proxy, reactor).setServiceParent(node)
-    if failover_on:
+    if failover:
         failover_service(node, reactor).setServiceParent(node)
     for name, endpoint, factory in extra:
         svc = strports.service(endpoint, factory, reactor=reactor)

@@ -103,8 +103,22 @@ def runs_proxy(config: Config) -> bool:
     return bool(config.listen.http or config.listen.https)
 
 
+def failover_on(config: Config) -> bool:
+    """Whether the election decides who is scheduler (``make_node_service``): a control
+    plane, a status daemon and peers.  Otherwise the first ``[[array.node]]`` is."""
+    return bool(
+        config.listen.sync
+        and config.listen.status
+        and len(config.array.nodes) > 1
+        and config.node_ip() is not None
+    )
+
+
 def sweeps(config: Config) -> bool:
-    """Whether the node ``config`` describes runs the sweep (``make_node_service``)."""
+    """Whether the node ``config`` describes has a sweep (``make_node_service``); with
+    failover every node has one, running while it is scheduler."""
+    if failover_on(config):
+        return True
     return bool(config.listen.status) and scheduler_of(config) == config.node.number
 
 
@@ -124,6 +138,15 @@ def check_reloadable(old: Config, new: Config) -> list[str]:
             problems.append(f"listen.{name}: added: needs a restart (its service starts with it)")
         elif name in ("http", "https") and not runs_proxy(old):
             problems.append(f"listen.{name}: added: needs a restart (this node runs no proxy)")
+    if failover_on(old) != failover_on(new):
+        doing = "start" if failover_on(new) else "stop"
+        problems.append(f"listen.sync: the election would {doing}: needs a restart")
+    elif failover_on(old) and [n.number for n in old.array.nodes] != [
+        n.number for n in new.array.nodes
+    ]:
+        problems.append(
+            "array.node: the election's nodes and their order are set at start: needs a restart"
+        )
     if sweeps(old) != sweeps(new):
         status_moved = bool(old.listen.status) != bool(new.listen.status)
         key = "listen.status" if status_moved else "array.node"

@@ -463,3 +463,38 @@ class SmallPiecesTests(SynchronousTestCase):
             sweep.answered(action.node, answer, 0.0)
         self.assertEqual(seen, [3, 4])
         self.assertEqual(sweep.sweeps, 1)
+
+
+FAILOVER = """
+[listen]
+status = "tcp:7701"
+sync = "tcp:7702"
+[tls]
+ca = "ca.pem"
+node_certificate = "node{{number}}.pem"
+{nodes}
+"""
+
+
+def failover_config(order: tuple[int, ...], sync: bool = True) -> Config:
+    nodes = "".join(
+        f'[[array.node]]\nnumber = {n}\nmac = "02:00:00:00:00:0{n}"\nip = "127.0.0.1{n}"\n'
+        for n in order
+    )
+    text = FAILOVER.format(nodes=nodes)
+    if not sync:
+        text = text.replace('sync = "tcp:7702"\n', "")
+    return parse(text, "dlba.toml", node=1)
+
+
+class FailoverReloadTests(SynchronousTestCase):
+    def test_the_election_order_needs_a_restart(self) -> None:
+        old = failover_config((1, 2, 3))
+        self.assertTrue(reload.failover_on(old))
+        self.assertEqual(check_reloadable(old, failover_config((1, 2, 3))), [])
+        [problem] = check_reloadable(old, failover_config((1, 3, 2)))
+        self.assertTrue(problem.startswith("array.node: the election's nodes"), problem)
+
+    def test_starting_the_election_needs_a_restart(self) -> None:
+        problems = check_reloadable(failover_config((1, 2), sync=False), failover_config((1, 2)))
+        self.assertIn("listen.sync: the election would start: needs a restart", problems)
