@@ -91,8 +91,14 @@ class LoadingTests(E2ETestCase):
         """max_concurrent = 1, queue_limit = 3, 10 slow requests at once: 1 in flight and 3
         queued succeed; the other 6 get 503 with Retry-After before any slow one is done."""
         b1 = self.backend("b1")
+        # refuse_connections_at = 0: a connection the kernel completed but dlba accepts
+        # only after the queue filled would otherwise be refused (closed without bytes),
+        # which is another test's subject; this one is about the requests.
         dlba = await self.start(
-            [b1], pool={"max_concurrent": 1, "queue_limit": 3}, https=False, status=True
+            [b1],
+            pool={"max_concurrent": 1, "queue_limit": 3, "refuse_connections_at": 0},
+            https=False,
+            status=True,
         )
         clients = await self.clients(dlba.http, 10)
         for i, client in enumerate(clients):
