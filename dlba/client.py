@@ -23,8 +23,6 @@ script drives it with ``twisted.internet.task.react``::
 from __future__ import annotations
 
 import json
-import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,14 +62,6 @@ class Table:
     full: bool
     size: int
     buckets: dict[int, int]  # bucket → node; full: every bucket
-
-
-def unpack_buckets(data: bytes) -> dict[int, int]:
-    return dict(struct.iter_unpack(c.PAIR, data))
-
-
-def pack_buckets(buckets: Iterable[tuple[int, int]]) -> bytes:
-    return b"".join(struct.pack(c.PAIR, b, n) for b, n in buckets)
 
 
 @dataclass
@@ -189,7 +179,7 @@ class ArrayClient:
             number, c.GetClientTable, since_version=since_version, table_id=table_id
         )
         return Table(
-            a["version"], a["table_id"], a["full"], a["size"], unpack_buckets(a["buckets"])
+            a["version"], a["table_id"], a["full"], a["size"], c.unpack_buckets(a["buckets"])
         )
 
     async def status(self, number: int) -> dict[str, Any]:
@@ -221,10 +211,10 @@ class ArrayClient:
         numbers = [n.number for n in self.nodes()]
         result = PushResult(committed=False, serial=serial or 0)
         if serial is None:
-            serials = await self._gather(numbers, lambda n: self.config_text(n))
+            serials = await self._by_node(numbers, self.config_text)
             known = [got[1] for got in serials.values() if not isinstance(got, Exception)]
             result.serial = max(known, default=0) + 1
-        staged = await self._gather(
+        staged = await self._by_node(
             numbers, lambda n: self.call(n, c.PushConfig, text=text, serial=result.serial)
         )
         digests: dict[int, str] = {}
@@ -237,7 +227,7 @@ class ArrayClient:
                 digests[n] = outcome["digest"]
         if result.errors or not digests:
             return result
-        committed = await self._gather(
+        committed = await self._by_node(
             list(digests), lambda n: self.call(n, c.CommitConfig, digest=digests[n])
         )
         for n, outcome in committed.items():
@@ -248,6 +238,9 @@ class ArrayClient:
         result.committed = bool(result.serials)
         return result
 
+    async def _by_node(self, numbers: list[int], call: Any) -> dict[int, Any]:
+        return dict(zip(numbers, await self.gather(numbers, call), strict=True))
+
     async def gather(self, numbers: list[int], call: Any) -> list[Any]:
         """``await call(n)`` on every node at once: each node's answer or exception, in
         the order of ``numbers``."""
@@ -256,9 +249,6 @@ class ArrayClient:
         ds = [ensureDeferred(call(n)) for n in numbers]
         outcomes = await DeferredList(ds, consumeErrors=True)
         return [value if ok else value.value for ok, value in outcomes]
-
-    async def _gather(self, numbers: list[int], call: Any) -> dict[int, Any]:
-        return dict(zip(numbers, await self.gather(numbers, call), strict=True))
 
 
 def _why(e: BaseException) -> str:

@@ -66,7 +66,6 @@ def admin_service(config: Config, report: NodeReport, reactor: Any) -> Service:
 def client_table_answer(report: NodeReport, since_version: int, table_id: str) -> dict[str, Any]:
     """``GetClientTable``: the buckets changed since a version, else the whole table."""
     from dlba.array import commands
-    from dlba.client import pack_buckets
 
     table = report.client_table
     if table is None:
@@ -76,10 +75,10 @@ def client_table_answer(report: NodeReport, since_version: int, table_id: str) -
     changed = table.changes_since(since_version, table_id)
     if changed is None:
         version, owners = table.snapshot()
-        full, buckets = True, pack_buckets(enumerate(owners))
+        full, buckets = True, commands.pack_buckets(enumerate(owners))
     else:
         version, changes = changed
-        full, buckets = False, pack_buckets(sorted(changes.items()))
+        full, buckets = False, commands.pack_buckets(sorted(changes.items()))
     return {
         "version": version,
         "table_id": table.table_id,

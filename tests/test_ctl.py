@@ -29,6 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dlba import __version__, ctl
 from dlba.certs import make_ca, make_cert
+from tests.array_support import node_tables
 
 REPO = str(Path(__file__).resolve().parent.parent)
 # The installed dlba may be older than this tree: children import this one.
@@ -468,9 +469,7 @@ class CertsInitTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write(
                 '[tls]\nca = "tls/ca.pem"\nnode_certificate = "tls/node{number}.pem"\n'
-                'admin_certificate = "tls/admin.pem"\n'
-                '[[array.node]]\nnumber = 1\nmac = "02:00:00:00:00:01"\nip = "127.0.0.11"\n'
-                '[[array.node]]\nnumber = 2\nmac = "02:00:00:00:00:02"\nip = "127.0.0.12"\n'
+                'admin_certificate = "tls/admin.pem"\n' + node_tables((1, 2))
             )
         return path
 
@@ -506,7 +505,7 @@ class CertsInitTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, d)
         path = os.path.join(d, "dlba.toml")
         with open(path, "w") as f:
-            f.write('[[array.node]]\nnumber = 1\nmac = "02:00:00:00:00:01"\nip = "127.0.0.11"\n')
+            f.write(node_tables((1,)))
         err = io.StringIO()
         with redirect_stderr(err):
             self.assertEqual(main(["certs", "init", "--config", path]), 2)

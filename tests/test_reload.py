@@ -12,6 +12,7 @@ from dlba.reload import apply_backends, check_reloadable, diff, plan_backends
 from dlba.routing import backend_table, build_router
 from dlba.sessions import SessionTable
 from dlba.tables import NodeState, NodeStatusTable, SummaryTable
+from tests.array_support import node_tables
 
 NODE = """
 [node]
@@ -477,10 +478,7 @@ node_certificate = "node{{number}}.pem"
 
 
 def failover_config(order: tuple[int, ...], sync: bool = True) -> Config:
-    nodes = "".join(
-        f'[[array.node]]\nnumber = {n}\nmac = "02:00:00:00:00:0{n}"\nip = "127.0.0.1{n}"\n'
-        for n in order
-    )
+    nodes = node_tables(order)
     text = FAILOVER.format(nodes=nodes)
     if not sync:
         text = text.replace('sync = "tcp:7702"\n', "")

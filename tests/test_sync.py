@@ -19,6 +19,7 @@ from dlba.array import commands as c
 from dlba.array.peers import client_options, identity, server_options
 from dlba.array.sync import SyncFactory
 from dlba.certs import make_ca, make_cert
+from tests.array_support import node_tables
 
 reactor: Any = _reactor
 
@@ -279,10 +280,7 @@ class ClientTests(TestCase):
         from dlba.client import ArrayClient
         from dlba.config import parse
 
-        nodes = "".join(
-            f'[[array.node]]\nnumber = {n}\nmac = "02:00:00:00:00:0{n}"\nip = "{ip}"\n'
-            for n, ip in enumerate(IPS, 1)
-        )
+        nodes = node_tables((1, 2, 3), lambda n: IPS[n - 1])
         text = (
             f'[listen]\nsync = "tcp:{self.port}"\n'
             f'[tls]\nca = "{self.certs.ca}"\nadmin_certificate = "{self.certs.admin}"\n'

@@ -8,12 +8,22 @@ table, a status report) travel as ``BigBytes``: split over numbered keys.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.protocols import amp
 
 # Bucket changes travel packed: (bucket, node) as two little-endian int32 each.
 PAIR = "<ii"
+
+
+def pack_buckets(buckets: Iterable[tuple[int, int]]) -> bytes:
+    return b"".join(struct.pack(PAIR, b, n) for b, n in buckets)
+
+
+def unpack_buckets(data: bytes) -> dict[int, int]:
+    return dict(struct.iter_unpack(PAIR, data))
 
 
 class BigBytes(amp.Argument):
