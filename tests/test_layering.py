@@ -32,6 +32,7 @@ PURE = frozenset(
         "dlba.hashing",
         "dlba.history",
         "dlba.interfaces",
+        "dlba.labplan",
         "dlba.loading",
         "dlba.logstats",
         "dlba.policy",

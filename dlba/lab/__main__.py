@@ -1,0 +1,7 @@
+"""``python -m dlba.lab``: the same as ``dlba-lab``."""
+
+import sys
+
+from dlba.lab.cli import main
+
+sys.exit(main())

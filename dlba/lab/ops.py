@@ -1,0 +1,586 @@
+"""What each ``dlba-lab`` command does: build and start the lab, report it, take it down.
+
+Every step that creates something is recorded in the state file first (``DIR/state.json``),
+so ``down`` after a crash (of ``up`` itself, or of the machine's patience) removes what was
+made.  ``down`` also finds the lab's namespaces by name when the state file is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from dlba.certs import init_array_certificates, make_ca, make_cert
+from dlba.files import write_atomically
+from dlba.lab import netns, procs
+from dlba.labplan import (
+    ADMIN_CERTIFICATE,
+    ARRAY_CA,
+    BACKEND_PORT,
+    CONFIG_FILE,
+    NODE_CERTIFICATE,
+    STATE_FILE,
+    VIP,
+    WEB_CA,
+    WEB_CERTIFICATE,
+    Host,
+    HostStatus,
+    LabError,
+    Plan,
+    Process,
+    State,
+    config_text,
+    is_lab_namespace,
+    make_plan,
+    overall,
+    parse_state,
+    prefix_for,
+    render_status,
+)
+
+DEFAULT_DIR = "/tmp/dlba-lab"
+START_TIMEOUT = 30.0  # every node and back end answering, from the first start
+LOG_TAIL = 5  # lines of a log shown when its process failed to start
+
+
+@dataclass
+class Output:
+    """Where the commands write: stdout for results, stderr for progress and problems."""
+
+    out: TextIO
+    err: TextIO
+
+    def say(self, text: str) -> None:
+        self.err.write(f"dlba-lab: {text}\n")
+        self.err.flush()
+
+
+class StartFailed(LabError):
+    """A process of the lab did not come up; ``detail`` holds its log's last lines."""
+
+    def __init__(self, message: str, detail: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.detail = list(detail)
+
+
+# -- the state file --------------------------------------------------------------------------
+
+
+def state_path(directory: str) -> str:
+    return os.path.join(directory, STATE_FILE)
+
+
+def load_state(directory: str) -> State | None:
+    path = state_path(directory)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise LabError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_state(text, path)
+
+
+def save_state(state: State) -> None:
+    write_atomically(state_path(state.directory), state.dumps().encode(), 0o644)
+
+
+def hint_args(directory: str, name: str = "") -> str:
+    """The options a follow-up command needs to find this lab again."""
+    args = "" if directory == DEFAULT_DIR else f" --dir {directory}"
+    return args + (f" --name {name}" if name else "")
+
+
+def lab_name(prefix: str) -> str:
+    return prefix[len("dlbalab-") :].rstrip("-")
+
+
+# -- up ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Started:
+    """The processes ``up`` started and still holds (to see one exit at once)."""
+
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+
+def up(
+    directory: str,
+    nodes: int,
+    backends: int,
+    name: str,
+    timeout: float,
+    wait_vip: bool,
+    io: Output,
+) -> int:
+    netns.preflight()
+    d = os.path.abspath(directory)
+    plan = make_plan(nodes, backends, name)
+    existing = load_state(d)
+    if existing is not None:
+        verdict = overall(inspect(existing))
+        if existing.phase == "up" and verdict == "up":
+            io.say(
+                f"already up in {d} ({existing.nodes} nodes, {existing.backends} web servers); "
+                f"dlba-lab down{hint_args(d)} first to build another"
+            )
+            return 0
+        raise LabError(
+            f"the lab in {d} is {verdict} (phase {existing.phase}): "
+            f"run dlba-lab down{hint_args(d)} first"
+        )
+    leftovers = [n for n in netns.namespaces() if is_lab_namespace(n, plan.prefix)]
+    if leftovers:
+        raise LabError(
+            f"namespaces {', '.join(leftovers)} exist already but {d} holds no lab: another "
+            f"lab of this name runs from another --dir, or a crash left them (dlba-lab down"
+            f"{hint_args(d, name)} removes them), or pick another --name"
+        )
+    os.makedirs(d, exist_ok=True)
+    state = State(d, plan.prefix, nodes, backends)
+    save_state(state)
+    started = Started()
+    try:
+        io.say(f"building {len(plan.hosts)} namespaces on one bridge ({plan.prefix}*)")
+        build(state)
+        write_files(plan, d)
+        start_processes(state, started, io)
+        io.say("waiting for every node and web server to answer from the client")
+        wait_for_array(state, started, timeout)
+        if wait_vip:
+            io.say(f"waiting for the VIP {VIP} to answer from the client")
+            wait_for_vip(state, started, timeout)
+    except BaseException as e:
+        # Up either finishes or leaves nothing behind but its logs: a half-built lab
+        # would only make the next up refuse.
+        if isinstance(e, StartFailed):
+            io.say(str(e))
+            for line in e.detail:
+                io.err.write(f"    {line}\n")
+            e = LabError(f"the lab did not come up; logs stay in {d}")
+        else:
+            io.say(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else e}: taking it down")
+        with contextlib.suppress(LabError):
+            teardown(state, io)
+        if isinstance(e, LabError | KeyboardInterrupt):
+            raise e from None
+        raise
+    state.phase = "up"
+    save_state(state)
+    more = hint_args(d)
+    first = plan.node(1)
+    io.out.write(
+        f"up: {nodes} node(s), {backends} web server(s) in {d} (config {d}/{CONFIG_FILE})\n"
+        f"  try:   dlba-lab exec{more} client -- curl --cacert {d}/{WEB_CA} "
+        f"https://{first.ip}/\n"
+        f"  VIP:   {VIP} answers once the packet scheduler runs (up --wait-vip waits for it)\n"
+        f"  see:   dlba-lab status{more}    stop: dlba-lab down{more}\n"
+    )
+    return 0
+
+
+def build(state: State) -> None:
+    plan = state.plan
+    for host in plan.hosts:
+        state.namespaces.append(host.namespace)
+        save_state(state)  # before it exists: a crash now still leaves a record of it
+        netns.add_namespace(host.namespace)
+        netns.quiet_ipv6(host.namespace)
+    netns.build_bridge(plan)
+    for host in plan.attached:
+        netns.attach(plan, host)
+
+
+def write_files(plan: Plan, d: str) -> None:
+    """The config, the array's certificates (control plane) and the HTTPS certificate the
+    proxies serve, signed by a CA of its own that curl can be told to trust."""
+    nodes = [
+        (h.number, os.path.join(d, NODE_CERTIFICATE.format(number=h.number)), h.ip or "")
+        for h in plan.node_hosts
+    ]
+    init_array_certificates(
+        os.path.join(d, ARRAY_CA), os.path.join(d, ADMIN_CERTIFICATE), nodes, force=True
+    )
+    # Not signed by the array CA: a key the proxies show to every client must not also be
+    # a client certificate the control plane accepts.
+    web_ca = make_ca("dlba-lab web CA")
+    ca_cert = web_ca[web_ca.index(b"-----BEGIN CERTIFICATE") :]
+    ips = [VIP, *(h.ip or "" for h in plan.node_hosts)]
+    write_atomically(os.path.join(d, WEB_CA), ca_cert, 0o644)
+    write_atomically(
+        os.path.join(d, WEB_CERTIFICATE),
+        make_cert(["www.dlba-lab.test"], ca=web_ca, ips=ips),
+        0o600,
+    )
+    path = os.path.join(d, CONFIG_FILE)
+    write_atomically(path, config_text(plan, d).encode(), 0o644)
+    from dlba.config import load
+    from dlba.errors import ConfigError
+
+    try:
+        load(path)
+    except ConfigError as e:  # a bug of dlba-lab's, not the user's: say so plainly
+        raise LabError(f"dlba-lab wrote a config dlba refuses: {e}") from None
+
+
+def node_argv(d: str, number: int) -> list[str]:
+    return [
+        *procs.python(),
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "--nodaemon",
+        "--pidfile=",
+        f"--logfile={d}/node{number}.log",
+        "dlba",
+        "--config",
+        f"{d}/{CONFIG_FILE}",
+        "--node",
+        str(number),
+    ]
+
+
+def web_argv(host: Host) -> list[str]:
+    listen = f"tcp:{BACKEND_PORT}:interface={host.ip}"
+    return [
+        *procs.python(),
+        "-m",
+        "dlba.lab.backend",
+        "--number",
+        str(host.number),
+        "--listen",
+        listen,
+    ]
+
+
+def start_processes(state: State, started: Started, io: Output) -> None:
+    plan = state.plan
+    d = state.directory
+    # The web servers first: they start quicker, and the nodes' first requests find them.
+    for host in plan.web_hosts:
+        start(state, started, host, "demo back end", web_argv(host), f"{d}/{host.name}.log")
+    for host in plan.node_hosts:
+        start(
+            state, started, host, "twistd dlba", node_argv(d, host.number), f"{d}/{host.name}.log"
+        )
+    io.say(f"started {len(state.processes)} processes (logs in {d})")
+
+
+def start(state: State, started: Started, host: Host, what: str, argv: list[str], log: str) -> None:
+    process, child = procs.spawn(
+        host.name, host.namespace, what, argv, log, state.directory, state.prefix
+    )
+    state.processes.append(process)
+    save_state(state)
+    started.children[host.name] = child
+
+
+def array_urls(plan: Plan) -> dict[str, str]:
+    """URL -> the host that must answer it: each web server directly, each node's proxy
+    over HTTP and HTTPS on the node's own ip."""
+    urls = {f"http://{h.ip}:{BACKEND_PORT}/": h.name for h in plan.web_hosts}
+    for h in plan.node_hosts:
+        urls[f"http://{h.ip}/"] = h.name
+        urls[f"https://{h.ip}/"] = h.name
+    return urls
+
+
+def wait_for_array(state: State, started: Started, timeout: float) -> None:
+    wait_until_answered(state, started, array_urls(state.plan), timeout)
+
+
+def wait_for_vip(state: State, started: Started, timeout: float) -> None:
+    """The VIP answers over HTTP and HTTPS: the packet scheduler delivers the client's
+    frames to some node.  Needs the packet scheduler (``up --wait-vip``)."""
+    urls = {f"http://{VIP}/": "the VIP", f"https://{VIP}/": "the VIP"}
+    wait_until_answered(state, started, urls, timeout)
+
+
+def wait_until_answered(
+    state: State, started: Started, urls: dict[str, str], timeout: float
+) -> None:
+    """Poll ``urls`` from the client namespace until each answers; fail at ``timeout``, or
+    at once when a process of the lab exits, naming it and its log."""
+    d = state.directory
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        state.plan.client.namespace,
+        *procs.python(),
+        "-m",
+        "dlba.lab.wait",
+        "--cafile",
+        f"{d}/{WEB_CA}",
+        "--deadline",
+        str(timeout),
+        *urls,
+    ]
+    waiter = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=procs.child_env(state.prefix),
+        cwd=d,
+    )
+    assert waiter.stdout is not None
+    results: dict[str, dict[str, object]] = {}
+    pending = b""
+    deadline = time.monotonic() + timeout + 10.0  # the waiter's own deadline comes first
+    try:
+        while True:
+            check_children(state, started)
+            ready, _, _ = select.select([waiter.stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(waiter.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(line)
+                        if isinstance(event, dict) and "url" in event:
+                            results[str(event["url"])] = event
+            if time.monotonic() > deadline:
+                break
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        waiter.wait()
+        waiter.stdout.close()
+    check_children(state, started)
+    failed = {
+        u: results.get(u, {}).get("error", "no answer")
+        for u in urls
+        if "status" not in results.get(u, {})
+    }
+    if waiter.returncode != 0 and not failed:
+        raise StartFailed(
+            f"the readiness check failed (exit status {waiter.returncode})",
+            [pending.decode("utf-8", "replace")],
+        )
+    if failed:
+        url, error = next(iter(failed.items()))
+        who = urls[url]
+        process = state.process(who)
+        where = f"; see {process.log}" if process is not None else ""
+        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise StartFailed(
+            f"{who} did not answer {url} within {timeout:g}s: {error}{others}{where}",
+            tail(process.log) if process is not None else [],
+        )
+
+
+def check_children(state: State, started: Started) -> None:
+    for host, child in started.children.items():
+        code = child.poll()
+        if code is not None:
+            process = state.process(host)
+            log = process.log if process is not None else "?"
+            what = process.what if process is not None else "process"
+            raise StartFailed(
+                f"{host}'s {what} exited with status {code} while starting; see {log}",
+                tail(log),
+            )
+
+
+def tail(path: str, lines: int = LOG_TAIL) -> list[str]:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+# -- down ----------------------------------------------------------------------------------------
+
+
+def down(directory: str, name: str, io: Output) -> int:
+    netns.preflight()
+    d = os.path.abspath(directory)
+    try:
+        state = load_state(d)
+    except LabError as e:
+        # A damaged record must not keep the lab up: go by name instead.
+        io.say(f"{e}; taking the lab down by namespace name")
+        state = None
+    prefix = state.prefix if state is not None else prefix_for(name)
+    found = [n for n in netns.namespaces() if is_lab_namespace(n, prefix)]
+    recorded = [p for p in state.processes if procs.alive(p)] if state is not None else []
+    known = {p.pid for p in recorded}
+    strays: list[Process] = []
+    foreign: list[tuple[int, str]] = []
+    for ns in found:
+        for pid in netns.pids_in(ns):
+            if pid in known:
+                continue
+            found_stat = procs.stat(pid)
+            if found_stat is None:
+                continue
+            if procs.marked(pid, prefix):
+                # Started by an up that crashed before it could record it.
+                strays.append(Process(ns[len(prefix) :], "unrecorded", pid, found_stat[1], ""))
+            else:
+                foreign.append((pid, ns))
+    if state is None and not found:
+        io.say(f"already down: no lab in {d} and no {prefix}* namespaces")
+        return 0
+    left = procs.stop([*recorded, *strays])
+    for ns in found:
+        netns.delete_namespace(ns)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_path(d))
+    io.say(
+        f"down: stopped {len(recorded) + len(strays) - len(left)} process(es), removed "
+        f"{len(found)} namespace(s); logs stay in {d}"
+    )
+    for pid, ns in foreign:
+        io.say(
+            f"left alone: process {pid} in {ns} was not started by dlba-lab up "
+            "(a dlba-lab exec shell?); it keeps its network until it exits"
+        )
+    if left:
+        pids = ", ".join(str(p.pid) for p in left)
+        raise LabError(f"processes {pids} did not end even after SIGKILL")
+    return 0
+
+
+def teardown(state: State, io: Output) -> None:
+    """Take down what ``state`` records (``up`` failing): the same as ``down``."""
+    down(state.directory, lab_name(state.prefix), io)
+
+
+# -- status, kill, exec --------------------------------------------------------------------------
+
+
+def inspect(state: State) -> list[HostStatus]:
+    listed = set(netns.namespaces())
+    found = []
+    for h in state.plan.hosts:
+        exists = h.namespace in listed
+        ip, mac = netns.addresses(h.namespace) if exists and h.ip else (None, None)
+        p = state.process(h.name)
+        found.append(
+            HostStatus(
+                name=h.name,
+                namespace=h.namespace,
+                exists=exists,
+                ip=ip,
+                mac=mac,
+                what=p.what if p else None,
+                pid=p.pid if p else None,
+                alive=procs.alive(p) if p else None,
+                log=p.log if p else None,
+            )
+        )
+    return found
+
+
+# Exit statuses of status, like systemctl's: 0 up, 1 degraded, 3 down.
+STATUS_EXIT = {"up": 0, "degraded": 1, "down": 3}
+
+
+def status(directory: str, name: str, as_json: bool, io: Output) -> int:
+    netns.preflight()
+    d = os.path.abspath(directory)
+    state = load_state(d)
+    if state is None:
+        prefix = prefix_for(name)
+        leftovers = [n for n in netns.namespaces() if is_lab_namespace(n, prefix)]
+        verdict = "degraded" if leftovers else "down"
+        if as_json:
+            report: dict[str, object] = {
+                "state": verdict,
+                "directory": d,
+                "prefix": prefix,
+                "leftovers": leftovers,
+            }
+            io.out.write(json.dumps(report, indent=2) + "\n")
+        elif leftovers:
+            io.out.write(
+                f"no lab in {d}, but {', '.join(leftovers)} exist (left by a crash?): "
+                f"dlba-lab down{hint_args(d, name)} removes them\n"
+            )
+        else:
+            io.out.write(f"down: no lab in {d}\n")
+        return STATUS_EXIT[verdict]
+    hosts = inspect(state)
+    verdict = overall(hosts)
+    if state.phase != "up" and verdict == "up":
+        verdict = "degraded"  # up is still building it, or died while it did
+    if as_json:
+        report = {
+            "state": verdict,
+            "phase": state.phase,
+            "directory": d,
+            "config": f"{d}/{CONFIG_FILE}",
+            "web_ca": f"{d}/{WEB_CA}",
+            "prefix": state.prefix,
+            "vip": VIP,
+            "nodes": state.nodes,
+            "backends": state.backends,
+            "hosts": [asdict(h) for h in hosts],
+        }
+        io.out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        header = [
+            f"{verdict}: {state.nodes} node(s), {state.backends} web server(s) in {d}",
+            f"config {d}/{CONFIG_FILE}; VIP {VIP}; HTTPS CA {d}/{WEB_CA}",
+        ]
+        io.out.write(render_status(hosts, header))
+    return STATUS_EXIT[verdict]
+
+
+def need_state(directory: str) -> State:
+    d = os.path.abspath(directory)
+    state = load_state(d)
+    if state is None:
+        raise LabError(f"no lab in {d}: run dlba-lab up{hint_args(d)} first")
+    return state
+
+
+def kill(directory: str, node: str, io: Output) -> int:
+    """SIGKILL one node's twistd (the process only: its namespace and kernel stay, as a
+    machine whose daemon crashed)."""
+    netns.preflight()
+    state = need_state(directory)
+    name = f"node{node}" if node.isdigit() else node
+    host = state.plan.host(name)
+    if host.role != "node":
+        raise LabError(f"kill takes a node (node1..node{state.nodes}), not {name}", status=2)
+    p = state.process(host.name)
+    if p is None or not procs.alive(p):
+        io.say(f"{name}'s twistd is not running (already killed?)")
+        return 0
+    procs.send(p, signal.SIGKILL)
+    if procs.wait_gone([p], procs.KILL_GRACE):
+        raise LabError(f"{name}'s twistd (pid {p.pid}) still runs after SIGKILL")
+    io.say(f"killed {name}'s twistd (pid {p.pid}) with SIGKILL; its namespace stays up")
+    return 0
+
+
+def exec_in(
+    directory: str, name: str, argv: Sequence[str], execvp: Callable[[str, list[str]], object]
+) -> int:
+    """Replace this process with ``ip netns exec NAMESPACE ARGV``: stdio and the exit
+    status are the command's own."""
+    netns.preflight()
+    state = need_state(directory)
+    host = state.plan.host(name)
+    if not argv:
+        raise LabError("give the command to run after --, e.g. exec client -- curl ...", status=2)
+    if host.namespace not in netns.namespaces():
+        raise LabError(f"{host.namespace} does not exist (the lab is not whole: dlba-lab status)")
+    execvp("ip", ["ip", "netns", "exec", host.namespace, *argv])
+    return 0  # only reached with a fake execvp
