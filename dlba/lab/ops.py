@@ -8,13 +8,14 @@ made.  ``down`` also finds the lab's namespaces by name when the state file is g
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -94,6 +95,19 @@ def save_state(state: State) -> None:
     write_atomically(state_path(state.directory), state.dumps().encode(), 0o644)
 
 
+@contextlib.contextmanager
+def exclusive(directory: str) -> Iterator[None]:
+    """One up or down at a time per lab directory: two would build or remove the same
+    namespaces under each other."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LabError(f"another dlba-lab up or down is running on {directory}") from None
+        yield
+
+
 def hint_args(directory: str, name: str = "") -> str:
     """The options a follow-up command needs to find this lab again."""
     args = "" if directory == DEFAULT_DIR else f" --dir {directory}"
@@ -126,6 +140,13 @@ def up(
     netns.preflight()
     d = os.path.abspath(directory)
     plan = make_plan(nodes, backends, name)
+    with exclusive(d):
+        return _up(d, plan, timeout, wait_vip, io)
+
+
+def _up(d: str, plan: Plan, timeout: float, wait_vip: bool, io: Output) -> int:
+    nodes, backends = plan.nodes, plan.backends
+    name = lab_name(plan.prefix)
     existing = load_state(d)
     if existing is not None:
         verdict = overall(inspect(existing))
@@ -135,8 +156,13 @@ def up(
                 f"dlba-lab down{hint_args(d)} first to build another"
             )
             return 0
+        if existing.phase != "up":
+            raise LabError(
+                f"an earlier dlba-lab up in {d} did not finish (it was stopped or crashed): "
+                f"run dlba-lab down{hint_args(d)} first"
+            )
         raise LabError(
-            f"the lab in {d} is {verdict} (phase {existing.phase}): "
+            f"the lab in {d} is {verdict} (see dlba-lab status{hint_args(d)}): "
             f"run dlba-lab down{hint_args(d)} first"
         )
     leftovers = [n for n in netns.namespaces() if is_lab_namespace(n, plan.prefix)]
@@ -146,7 +172,6 @@ def up(
             f"lab of this name runs from another --dir, or a crash left them (dlba-lab down"
             f"{hint_args(d, name)} removes them), or pick another --name"
         )
-    os.makedirs(d, exist_ok=True)
     state = State(d, plan.prefix, nodes, backends)
     save_state(state)
     started = Started()
@@ -171,7 +196,7 @@ def up(
         else:
             io.say(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else e}: taking it down")
         with contextlib.suppress(LabError):
-            teardown(state, io)
+            _down(d, plan.prefix, io)
         if isinstance(e, LabError | KeyboardInterrupt):
             raise e from None
         raise
@@ -222,6 +247,9 @@ def write_files(plan: Plan, d: str) -> None:
         make_cert(["www.dlba-lab.test"], ca=web_ca, ips=ips),
         0o600,
     )
+    for h in plan.node_hosts:  # an earlier lab's requests would read as this one's
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(d, f"node{h.number}-access.log"))
     path = os.path.join(d, CONFIG_FILE)
     write_atomically(path, config_text(plan, d).encode(), 0o644)
     from dlba.config import load
@@ -409,13 +437,23 @@ def tail(path: str, lines: int = LOG_TAIL) -> list[str]:
 def down(directory: str, name: str, io: Output) -> int:
     netns.preflight()
     d = os.path.abspath(directory)
+    if not os.path.isdir(d):
+        prefix = prefix_for(name)
+        if not any(is_lab_namespace(n, prefix) for n in netns.namespaces()):
+            io.say(f"already down: no lab in {d} and no {prefix}* namespaces")
+            return 0
+    with exclusive(d):
+        return _down(d, prefix_for(name), io)
+
+
+def _down(d: str, default_prefix: str, io: Output) -> int:
     try:
         state = load_state(d)
     except LabError as e:
         # A damaged record must not keep the lab up: go by name instead.
         io.say(f"{e}; taking the lab down by namespace name")
         state = None
-    prefix = state.prefix if state is not None else prefix_for(name)
+    prefix = state.prefix if state is not None else default_prefix
     found = [n for n in netns.namespaces() if is_lab_namespace(n, prefix)]
     recorded = [p for p in state.processes if procs.alive(p)] if state is not None else []
     known = {p.pid for p in recorded}
@@ -454,11 +492,6 @@ def down(directory: str, name: str, io: Output) -> int:
         pids = ", ".join(str(p.pid) for p in left)
         raise LabError(f"processes {pids} did not end even after SIGKILL")
     return 0
-
-
-def teardown(state: State, io: Output) -> None:
-    """Take down what ``state`` records (``up`` failing): the same as ``down``."""
-    down(state.directory, lab_name(state.prefix), io)
 
 
 # -- status, kill, exec --------------------------------------------------------------------------

@@ -88,8 +88,8 @@ def spawn(
     """Start ``argv`` inside ``namespace``.  ``ip netns exec`` execs the command in its
     own process (it does not fork), so the pid is the command's.  The child gets a new
     session: a Ctrl-C at the terminal that ran ``up`` does not reach the lab, and it
-    outlives ``up``."""
-    with open(log, "ab") as out:
+    outlives ``up``.  The log starts empty: what it shows is this process's."""
+    with open(log, "wb") as out:
         child = subprocess.Popen(
             ["ip", "netns", "exec", namespace, *argv],
             stdin=subprocess.DEVNULL,
