@@ -189,6 +189,10 @@ class LabTests(TestCase):
         for name, p in procs.items():
             self.assertFalse(running(p["pid"], p["starttime"]), f"{name} still runs")
         self.assertFalse(Path(self.dir, "state.json").exists())
+        # The logs stay, and no process of the lab logged a traceback, stopping included.
+        for log in sorted(Path(self.dir).glob("*.log")):
+            self.assertNotIn("Traceback", log.read_text(), f"{log} holds a traceback")
+        self.assertEqual(len(list(Path(self.dir).glob("node*.log"))), 6)  # and the access logs
         result = await self.lab("down", "--name", self.name)
         self.assertEqual(result.code, 0, result.text)
         self.assertIn("already down", result.text)
