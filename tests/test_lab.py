@@ -14,7 +14,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from twisted.trial.unittest import SynchronousTestCase
 
 from dlba.config import parse, with_node
-from dlba.lab import cli, netns, wait
+from dlba.lab import cli, netns, ops, wait
 from dlba.labplan import (
     VIP,
     HostStatus,
@@ -321,3 +321,46 @@ class WaitTests(SynchronousTestCase):
         event = json.loads(line)
         self.assertEqual(event["url"], "http://127.0.0.1:1/")
         self.assertIn("refused", event["error"])
+
+
+class DirectoryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def test_one_up_or_down_at_a_time(self) -> None:
+        d = os.path.join(self.tmp, "lab")
+        with ops.exclusive(d):
+            self.assertEqual(os.stat(d).st_mode & 0o777, 0o700)
+            with self.assertRaises(LabError) as caught:
+                with ops.exclusive(d):
+                    pass
+            self.assertIn("another dlba-lab up or down", str(caught.exception))
+        with ops.exclusive(d):  # free again
+            pass
+
+    def test_a_planted_symlink_is_refused(self) -> None:
+        link = os.path.join(self.tmp, "link")
+        os.symlink(os.path.join(self.tmp, "elsewhere"), link)
+        with self.assertRaises(LabError) as caught:
+            with ops.exclusive(link):
+                pass
+        self.assertIn("symlink", str(caught.exception))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "elsewhere")))
+
+    def test_hints_name_the_directory_only_when_not_the_default(self) -> None:
+        self.assertEqual(ops.hint_args(ops.DEFAULT_DIR), "")
+        self.assertEqual(ops.hint_args("/x", "t1"), " --dir /x --name t1")
+
+    def test_urls_the_readiness_check_waits_for(self) -> None:
+        urls = ops.array_urls(make_plan(2, 1))
+        self.assertEqual(
+            urls,
+            {
+                "http://10.77.0.21:8080/": "web1",
+                "http://10.77.0.11/": "node1",
+                "https://10.77.0.11/": "node1",
+                "http://10.77.0.12/": "node2",
+                "https://10.77.0.12/": "node2",
+            },
+        )

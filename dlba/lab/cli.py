@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as e:
         io.say(f"{args.command}: {e}")
         return e.status
+    except OSError as e:  # the lab's directory or a log that cannot be written, say
+        where = f"{e.filename}: " if e.filename else ""
+        io.say(f"{args.command}: {where}{e.strerror or e}")
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -13,6 +13,7 @@ import json
 import os
 import select
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -99,7 +100,18 @@ def save_state(state: State) -> None:
 def exclusive(directory: str) -> Iterator[None]:
     """One up or down at a time per lab directory: two would build or remove the same
     namespaces under each other."""
-    os.makedirs(directory, exist_ok=True)
+    # Root writes keys here, and the default is in /tmp: a directory someone else made
+    # (or a symlink they planted) would let them choose where those files go.
+    if not os.path.lexists(directory):
+        os.makedirs(directory, mode=0o700)
+    found = os.lstat(directory)
+    if stat.S_ISLNK(found.st_mode) or found.st_uid != os.geteuid():
+        raise LabError(
+            f"{directory} is a symlink or belongs to another user (uid {found.st_uid}): "
+            "remove it or pick another --dir"
+        )
+    if not stat.S_ISDIR(found.st_mode):
+        raise LabError(f"{directory} is not a directory: pick another --dir")
     with open(os.path.join(directory, ".lock"), "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -188,18 +200,22 @@ def _up(d: str, plan: Plan, timeout: float, wait_vip: bool, io: Output) -> int:
     except BaseException as e:
         # Up either finishes or leaves nothing behind but its logs: a half-built lab
         # would only make the next up refuse.
+        failure: BaseException = e
         if isinstance(e, StartFailed):
-            io.say(str(e))
+            io.say(f"up: {e}")
             for line in e.detail:
                 io.err.write(f"    {line}\n")
-            e = LabError(f"the lab did not come up; logs stay in {d}")
-        else:
-            io.say(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else e}: taking it down")
+            failure = LabError(f"the lab did not come up; its logs stay in {d}")
+        elif isinstance(e, KeyboardInterrupt):
+            io.say("interrupted")
+        elif not isinstance(e, LabError):
+            io.say(f"unexpected {type(e).__name__} (a bug in dlba-lab)")
+        io.say("taking down what was built")
         with contextlib.suppress(LabError):
             _down(d, plan.prefix, io)
-        if isinstance(e, LabError | KeyboardInterrupt):
-            raise e from None
-        raise
+        if failure is e:
+            raise
+        raise failure from None
     state.phase = "up"
     save_state(state)
     more = hint_args(d)
@@ -238,6 +254,7 @@ def write_files(plan: Plan, d: str) -> None:
     )
     # Not signed by the array CA: a key the proxies show to every client must not also be
     # a client certificate the control plane accepts.
+    os.makedirs(os.path.dirname(os.path.join(d, WEB_CA)), exist_ok=True)
     web_ca = make_ca("dlba-lab web CA")
     ca_cert = web_ca[web_ca.index(b"-----BEGIN CERTIFICATE") :]
     ips = [VIP, *(h.ip or "" for h in plan.node_hosts)]
