@@ -316,7 +316,7 @@ class WaitTests(SynchronousTestCase):
         out = io.StringIO()
         with redirect_stdout(out):
             code = wait.main(["--deadline", "0", "http://127.0.0.1:1/"])
-        self.assertEqual(code, 1)
+        self.assertEqual(code, wait.NOT_ANSWERED)
         (line,) = out.getvalue().splitlines()
         event = json.loads(line)
         self.assertEqual(event["url"], "http://127.0.0.1:1/")

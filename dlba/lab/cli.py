@@ -4,6 +4,7 @@
     dlba-lab status [--json]
     dlba-lab exec NAME -- CMD...        NAME: client, node1.., web1.., bridge
     dlba-lab kill NODE                  SIGKILL one node's twistd (failover demos)
+    dlba-lab start NODE                 start it again
     dlba-lab down
 
 A mistake a person makes ends the command with one line on stderr, ``dlba-lab: PROBLEM``,
@@ -92,6 +93,17 @@ def parser() -> argparse.ArgumentParser:
     p = subs.add_parser("kill", parents=[common], help="SIGKILL one node's twistd, nothing else")
     p.add_argument("node", metavar="NODE", help="node1.. (or its number)")
 
+    p = subs.add_parser(
+        "start", parents=[common], help="start a killed node's twistd again, wait until it answers"
+    )
+    p.add_argument("node", metavar="NODE", help="node1.. (or its number)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=ops.START_TIMEOUT,
+        help=f"seconds for it to answer (default {ops.START_TIMEOUT:g})",
+    )
+
     subs.add_parser(
         "down",
         parents=[common, named],
@@ -114,6 +126,8 @@ def run(args: argparse.Namespace, io: ops.Output) -> int:
         return ops.exec_in(args.dir, args.host, argv, os.execvp)
     if args.command == "kill":
         return ops.kill(args.dir, args.node, io)
+    if args.command == "start":
+        return ops.restart(args.dir, args.node, args.timeout, io)
     assert args.command == "down"
     return ops.down(args.dir, args.name, io)
 

@@ -24,6 +24,7 @@ from typing import TextIO
 from dlba.certs import init_array_certificates, make_ca, make_cert
 from dlba.files import write_atomically
 from dlba.lab import netns, procs
+from dlba.lab.wait import NOT_ANSWERED
 from dlba.labplan import (
     ADMIN_CERTIFICATE,
     ARRAY_CA,
@@ -312,19 +313,21 @@ def start_processes(state: State, started: Started, io: Output) -> None:
     d = state.directory
     # The web servers first: they start quicker, and the nodes' first requests find them.
     for host in plan.web_hosts:
-        start(state, started, host, "demo back end", web_argv(host), f"{d}/{host.name}.log")
+        start(state, started, host, "demo back end", web_argv(host))
     for host in plan.node_hosts:
-        start(
-            state, started, host, "twistd dlba", node_argv(d, host.number), f"{d}/{host.name}.log"
-        )
+        start(state, started, host, "twistd dlba", node_argv(d, host.number))
     io.say(f"started {len(state.processes)} processes (logs in {d})")
 
 
-def start(state: State, started: Started, host: Host, what: str, argv: list[str], log: str) -> None:
+def start(
+    state: State, started: Started, host: Host, what: str, argv: list[str], again: bool = False
+) -> None:
+    """Start one process of the lab and record it (replacing an earlier one of the host)."""
+    log = f"{state.directory}/{host.name}.log"
     process, child = procs.spawn(
-        host.name, host.namespace, what, argv, log, state.directory, state.prefix
+        host.name, host.namespace, what, argv, log, state.directory, state.prefix, append=again
     )
-    state.processes.append(process)
+    state.processes = [p for p in state.processes if p.host != host.name] + [process]
     save_state(state)
     started.children[host.name] = child
 
@@ -380,6 +383,7 @@ def wait_until_answered(
     )
     assert waiter.stdout is not None
     results: dict[str, dict[str, object]] = {}
+    said: list[str] = []  # anything else it printed: a traceback if it broke
     pending = b""
     deadline = time.monotonic() + timeout + 10.0  # the waiter's own deadline comes first
     try:
@@ -393,10 +397,14 @@ def wait_until_answered(
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    with contextlib.suppress(ValueError):
+                    try:
                         event = json.loads(line)
-                        if isinstance(event, dict) and "url" in event:
-                            results[str(event["url"])] = event
+                    except ValueError:
+                        event = None
+                    if isinstance(event, dict) and "url" in event:
+                        results[str(event["url"])] = event
+                    else:
+                        said.append(line.decode("utf-8", "replace"))
             if time.monotonic() > deadline:
                 break
     finally:
@@ -410,10 +418,12 @@ def wait_until_answered(
         for u in urls
         if "status" not in results.get(u, {})
     }
-    if waiter.returncode != 0 and not failed:
+    if waiter.returncode not in (0, NOT_ANSWERED):
+        said.append(pending.decode("utf-8", "replace"))
         raise StartFailed(
-            f"the readiness check failed (exit status {waiter.returncode})",
-            [pending.decode("utf-8", "replace")],
+            f"the readiness check itself failed (`{' '.join(argv[:7])}` exited with status "
+            f"{waiter.returncode})",
+            [line for line in said if line][-LOG_TAIL:],
         )
     if failed:
         url, error = next(iter(failed.items()))
@@ -618,6 +628,39 @@ def kill(directory: str, node: str, io: Output) -> int:
         raise LabError(f"{name}'s twistd (pid {p.pid}) still runs after SIGKILL")
     io.say(f"killed {name}'s twistd (pid {p.pid}) with SIGKILL; its namespace stays up")
     return 0
+
+
+def restart(directory: str, node: str, timeout: float, io: Output) -> int:
+    """Start a node's twistd again (after ``kill``): it rejoins the array as a node that
+    starts does, asking its peers who is scheduler."""
+    netns.preflight()
+    d = os.path.abspath(directory)
+    with exclusive(d):
+        state = need_state(d)
+        host = state.plan.host(f"node{node}" if node.isdigit() else node)
+        if host.role != "node":
+            raise LabError(
+                f"start takes a node (node1..node{state.nodes}), not {host.name}", status=2
+            )
+        p = state.process(host.name)
+        if p is not None and procs.alive(p):
+            io.say(f"{host.name}'s twistd runs already (pid {p.pid})")
+            return 0
+        if host.namespace not in netns.namespaces():
+            raise LabError(f"{host.namespace} is gone: dlba-lab down, then up again")
+        started = Started()
+        start(state, started, host, "twistd dlba", node_argv(d, host.number), again=True)
+        urls = {u: h for u, h in array_urls(state.plan).items() if h == host.name}
+        try:
+            wait_until_answered(state, started, urls, timeout)
+        except StartFailed as e:
+            for line in e.detail:
+                io.err.write(f"    {line}\n")
+            raise LabError(str(e)) from None
+        new = state.process(host.name)
+        assert new is not None
+        io.say(f"started {host.name}'s twistd again (pid {new.pid}); it answers")
+        return 0
 
 
 def exec_in(

@@ -83,13 +83,21 @@ def marked(pid: int, prefix: str) -> bool:
 
 
 def spawn(
-    host: str, namespace: str, what: str, argv: Sequence[str], log: str, cwd: str, prefix: str
+    host: str,
+    namespace: str,
+    what: str,
+    argv: Sequence[str],
+    log: str,
+    cwd: str,
+    prefix: str,
+    append: bool = False,
 ) -> tuple[Process, subprocess.Popen[bytes]]:
     """Start ``argv`` inside ``namespace``.  ``ip netns exec`` execs the command in its
     own process (it does not fork), so the pid is the command's.  The child gets a new
     session: a Ctrl-C at the terminal that ran ``up`` does not reach the lab, and it
-    outlives ``up``.  The log starts empty: what it shows is this process's."""
-    with open(log, "wb") as out:
+    outlives ``up``.  The log starts empty, so it shows this lab's process, unless
+    ``append`` (a restart: the crash before it stays readable)."""
+    with open(log, "ab" if append else "wb") as out:
         child = subprocess.Popen(
             ["ip", "netns", "exec", namespace, *argv],
             stdin=subprocess.DEVNULL,

@@ -5,7 +5,8 @@ go over the lab's bridge the way a client's requests do.  It tries every URL tha
 answered yet, about every 0.2 s, until all have or ``--deadline`` passes, and prints a
 JSON line for each as it first answers (``{"url": U, "status": N}``); at the deadline
 one line ``{"url": U, "error": "..."}`` for each that never did.  Exit status 0 when all
-answered, 1 otherwise.  Any HTTP status counts as an answer: the server is up.
+answered, 3 (``NOT_ANSWERED``) when some did not; anything else means the check broke.
+Any HTTP status counts as an answer: the server is up.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.parse
 
+NOT_ANSWERED = 3
 TRY_TIMEOUT = 2.0  # one connection attempt
 INTERVAL = 0.2
 
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         if time.monotonic() >= end:
             for url, error in waiting.items():
                 print(json.dumps({"url": url, "error": error}), flush=True)
-            return 1
+            return NOT_ANSWERED
         time.sleep(INTERVAL)
 
 

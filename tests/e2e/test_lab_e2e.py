@@ -21,7 +21,8 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from dlba.labplan import is_lab_namespace, parse_proc_stat, prefix_for
+from dlba.lab import ops
+from dlba.labplan import VIP, is_lab_namespace, parse_proc_stat, prefix_for
 from tests.e2e.harness import CHILD_ENV, FROM_TREE, REPO, ProcessResult, need, run
 
 LAB_DEADLINE = 45.0  # one dlba-lab command, up included (its own --timeout is less)
@@ -166,6 +167,9 @@ class LabTests(TestCase):
         self.assertEqual(hosts["node1"]["namespace"], f"{self.prefix}node1")
 
         # kill node1: that twistd only; its namespace stays, everything else runs on.
+        # (A web server is not for killing: kill takes nodes.)
+        refused = await self.lab("kill", "web1")
+        self.assertEqual(refused.code, 2, refused.text)
         procs = self.recorded()
         killed = await self.lab("kill", "node1")
         self.assertEqual(killed.code, 0, killed.text)
@@ -179,6 +183,33 @@ class LabTests(TestCase):
         self.assertTrue(hosts["node1"]["exists"])
         self.assertTrue(hosts["node2"]["alive"])
         answers = await self.curl_all(["https://10.77.0.12/"])
+        self.assertTrue(answers[0][1].startswith("backend "))
+
+        # start node1: a new twistd, answering, the lab whole again.
+        started = await self.lab("start", "node1")
+        self.assertEqual(started.code, 0, started.text)
+        again = await self.lab("start", "node1")
+        self.assertIn("runs already", again.text)
+        code, report = await self.status()
+        self.assertEqual((code, report["state"]), (0, "up"), report)
+        restarted = self.recorded()["node1"]
+        self.assertNotEqual(restarted["pid"], procs["node1"]["pid"])
+        procs["node1 again"] = restarted
+        answers = await self.curl_all(["https://10.77.0.11/"])
+        self.assertTrue(answers[0][1].startswith("backend "))
+
+        # wait_for_vip (up --wait-vip) waits until the VIP answers.  Until the packet
+        # scheduler makes it answer, stand in for it: the VIP as node1's second address
+        # (node1 then answers ARP for it; its listeners take every address).  Remove
+        # this stand-in once the packet scheduler runs in the lab.
+        result = await self.lab(
+            "exec", "node1", "--", "ip", "addr", "add", f"{VIP}/32", "dev", "eth0"
+        )
+        self.assertEqual(result.code, 0, result.text)
+        state = ops.load_state(self.dir)
+        assert state is not None
+        ops.wait_for_vip(state, ops.Started(), 10.0)
+        answers = await self.curl_all([f"https://{VIP}/"])
         self.assertTrue(answers[0][1].startswith("backend "))
 
         # down: every process and namespace gone; again: nothing to do, and it says so.
