@@ -84,6 +84,7 @@ class LabTests(TestCase):
     def setUp(self) -> None:
         need_namespaces()
         need("curl")
+        lab_argv()  # skips now, not in the cleanup, when there is no dlba-lab to run
         self.dir = tempfile.mkdtemp(prefix="dlba-lab-e2e-")
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
         # Unique per test run: two runs at once, or a lab someone has up, never clash.
