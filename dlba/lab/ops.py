@@ -491,8 +491,8 @@ def _down(d: str, default_prefix: str, io: Output) -> int:
             if pid in known:
                 continue
             found_stat = procs.stat(pid)
-            if found_stat is None:
-                continue
+            if found_stat is None or found_stat[0] in ("Z", "X"):
+                continue  # gone, or ended and waiting for a parent to reap it
             if procs.marked(pid, prefix):
                 # Started by an up that crashed before it could record it.
                 strays.append(Process(ns[len(prefix) :], "unrecorded", pid, found_stat[1], ""))
