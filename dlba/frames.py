@@ -112,7 +112,7 @@ def classify(frame: bytearray | memoryview, length: int, vip: bytes) -> tuple[in
 class FrameCounters:
     """What the packet scheduler did with the frames it read (status, dashboard, /metrics)."""
 
-    __slots__ = ("dropped", "forwarded", "frames_in", "local", "table_misses")
+    __slots__ = ("dropped", "forwarded", "frames_in", "local", "send_errors", "table_misses")
 
     def __init__(self) -> None:
         self.frames_in = 0
@@ -122,6 +122,8 @@ class FrameCounters:
         # Frames whose bucket had to be placed (new, idle, or its node gone): the table
         # changed.  Issue 13's kernel path hands Python exactly these.
         self.table_misses = 0
+        # Frames decided but not sent (a full queue, a link going down): the glue counts.
+        self.send_errors = 0
 
     def row(self) -> dict[str, object]:
         return {
@@ -130,6 +132,7 @@ class FrameCounters:
             "local": self.local,
             "dropped": dict(self.dropped),
             "table_misses": self.table_misses,
+            "send_errors": self.send_errors,
         }
 
 

@@ -1,0 +1,223 @@
+"""The packet scheduler service's life cycle and the host settings, with fakes for the
+kernel (the real thing runs in tests/e2e/test_packet_netns.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from dlba.clienttable import ClientTable
+from dlba.config import ArrayNode, ArraySection
+from dlba.frames import FrameRouter
+from dlba.interfaces import IFrameIO
+from dlba.packet.bpf import arp_request_filter, vip_filter
+from dlba.packet.host import Host, HostError, guard_ruleset, scheduler_ruleset
+from dlba.packet.rawio import PacketSocketIO
+from dlba.packet.service import PacketSchedulerService
+from dlba.tables import NodeState, NodeStatusTable
+
+VIP = "10.77.0.100"
+MACS = {1: "02:00:00:00:00:0b", 2: "02:00:00:00:00:0c"}
+
+
+class FakeHost(Host):
+    def __init__(self, root: Path) -> None:
+        (root / "sys" / "eth0").mkdir(parents=True)
+        (root / "sys" / "eth0" / "address").write_text(MACS[1] + "\n")
+        super().__init__(self.record, root / "proc", root / "sys")
+        self.commands: list[tuple[list[str], Any]] = []
+        self.vips: set[str] = set()
+        for name in ("all", "eth0", "dlba0"):
+            conf = root / "proc" / "net" / "ipv4" / "conf" / name
+            conf.mkdir(parents=True)
+            for key in ("arp_ignore", "arp_announce", "rp_filter"):
+                (conf / key).write_text("0\n")
+
+    def record(self, argv: Sequence[str], data: bytes | None) -> tuple[int, str]:
+        argv = list(argv)
+        self.commands.append((argv, json.loads(data) if data else None))
+        if argv[:2] == ["ip", "-j"]:
+            addrs = [{"local": v} for v in sorted(self.vips)]
+            return 0, json.dumps([{"ifname": "lo", "addr_info": addrs}])
+        if argv[:3] == ["ip", "addr", "add"]:
+            self.vips.add(argv[3].split("/")[0])
+        if argv[:3] == ["ip", "addr", "del"]:
+            self.vips.discard(argv[3].split("/")[0])
+        return 0, ""
+
+    def tables(self) -> list[str]:
+        """The nft transactions, as the table each one ends with ("-" deletes)."""
+        out = []
+        for argv, data in self.commands:
+            if argv[0] == "nft":
+                last = data["nftables"][-1]
+                verb, what = next(iter(last.items()))
+                name = what.get("table", what.get("rule", {}).get("table"))
+                if isinstance(name, dict):
+                    name = name["name"]
+                out.append(("-" if verb == "delete" else "+") + str(name))
+        return out
+
+
+@implementer(IFrameIO)
+class FakeIO:
+    path = "fake"
+
+    def __init__(self) -> None:
+        self.router: FrameRouter | None = None
+        self.stops = 0
+
+    def start(self, router: Any) -> None:
+        self.router = router
+
+    def stop(self) -> None:
+        self.router = None
+        self.stops += 1
+
+
+class FakeArp:
+    def __init__(self, vip: str, mac: str) -> None:
+        self.vip, self.mac, self.running = vip, mac, False
+        self.answered = self.announced = 0
+
+    def start(self) -> None:
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+        self.root = root
+        self.host = FakeHost(root)
+        self.nodes = NodeStatusTable(
+            NodeState(n, mac, f"10.77.0.{10 + n}") for n, mac in MACS.items()
+        )
+        self.table = ClientTable(7, self.nodes, idle_timeout=60.0)
+        self.io = FakeIO()
+        self.arps: list[FakeArp] = []
+        array = ArraySection(
+            vip=VIP, nodes=tuple(ArrayNode(n, mac, f"10.77.0.{10 + n}") for n, mac in MACS.items())
+        )
+        self.svc = PacketSchedulerService(
+            array,
+            1,
+            self.table,
+            self.nodes,
+            Clock(),
+            host=self.host,
+            io=self.io,
+            arp=self.arp,
+        )
+
+    def arp(self, vip: str, mac: str) -> Any:
+        self.arps.append(FakeArp(vip, mac))
+        return self.arps[-1]
+
+    def sysctl(self, name: str) -> str:
+        return (self.root / "proc" / name.replace(".", "/")).read_text().strip()
+
+    def test_every_node_holds_the_vip_quietly_and_guards_it(self) -> None:
+        self.svc.startService()
+        self.assertEqual(self.sysctl("net.ipv4.conf.all.arp_ignore"), "1")
+        self.assertEqual(self.sysctl("net.ipv4.conf.eth0.arp_announce"), "2")
+        self.assertEqual(self.host.vips, {VIP})
+        self.assertEqual(self.host.tables(), ["+dlba_guard"])
+        self.assertIsNone(self.io.router)  # not scheduler: no frames
+        self.svc.stopService()
+        self.assertEqual(self.host.vips, set())
+        self.assertEqual(self.host.tables(), ["+dlba_guard", "-dlba_guard"])
+
+    def test_the_scheduler_forwards_with_the_nodes_table(self) -> None:
+        self.svc.startService()
+        self.svc.start(4)
+        self.assertEqual(self.host.tables(), ["+dlba_guard", "+dlba"])
+        assert self.io.router is not None
+        self.assertIs(self.io.router.table, self.table)
+        self.assertTrue(self.arps[-1].running)
+        self.assertEqual(self.arps[-1].mac, MACS[1])
+        row = self.svc.row()
+        self.assertEqual((row["forwarding"], row["path"], row["frames_in"]), (True, "fake", 0))
+        self.svc.stop()
+        self.assertFalse(self.arps[-1].running)
+        self.assertIsNone(self.io.router)
+        self.assertEqual(self.host.tables()[-1], "-dlba")
+        self.assertFalse(self.svc.row()["forwarding"])
+        self.svc.stop()  # twice: nothing more
+        self.assertEqual(self.io.stops, 1)
+
+    def test_counters_outlive_a_term(self) -> None:
+        self.svc.startService()
+        self.svc.start(1)
+        self.svc.counters.frames_in = 9
+        self.svc.stop()
+        self.svc.start(2)
+        self.assertEqual(self.svc.row()["frames_in"], 9)
+
+    def test_stopping_the_service_stops_forwarding(self) -> None:
+        self.svc.startService()
+        self.svc.start(1)
+        self.svc.stopService()
+        self.assertIsNone(self.io.router)
+        self.assertEqual(self.host.tables()[-2:], ["-dlba", "-dlba_guard"])
+
+    def test_no_interface_no_packet_scheduler(self) -> None:
+        shutil.rmtree(self.root / "sys" / "eth0")
+        self.svc.startService()
+        self.svc.start(1)
+        self.assertEqual(self.host.commands, [])
+        self.assertIsNone(self.io.router)
+
+    def test_a_sysctl_that_cannot_be_set_is_named(self) -> None:
+        path = self.root / "proc" / "net" / "ipv4" / "conf" / "all" / "arp_ignore"
+        path.unlink()
+        path.mkdir()  # neither readable nor writable as a file
+        error = self.assertRaises(HostError, self.svc.startService)
+        self.assertIn("net.ipv4.conf.all.arp_ignore", str(error))
+
+    def test_a_scheduler_without_a_table_says_so(self) -> None:
+        self.svc.table = None
+        self.svc.startService()
+        self.svc.start(1)
+        self.assertIsNone(self.io.router)
+        self.assertFalse(self.svc.row()["forwarding"])
+
+    def test_the_frame_io_provides_its_interface(self) -> None:
+        verifyObject(IFrameIO, PacketSocketIO("eth0", VIP, Clock(), self.host))
+
+
+class RulesetTests(SynchronousTestCase):
+    def test_guard(self) -> None:
+        rules = [
+            c["add"]["rule"] for c in guard_ruleset(VIP)["nftables"] if "rule" in c.get("add", {})
+        ]
+        self.assertEqual(len(rules), 2)
+        self.assertTrue(all(r["expr"][0]["match"]["right"] == VIP for r in rules))
+        self.assertEqual(rules[0]["expr"][-1], {"drop": None})
+
+    def test_scheduler_rule_names_the_interface_and_the_macs(self) -> None:
+        commands = scheduler_ruleset(VIP, "eth0", ["02:00:00:00:00:0C", "02:00:00:00:00:0b"])
+        chain = commands["nftables"][3]["add"]["chain"]
+        self.assertEqual((chain["hook"], chain["dev"]), ("ingress", "eth0"))
+        rule = commands["nftables"][4]["add"]["rule"]
+        self.assertEqual(
+            rule["expr"][1]["match"]["right"], {"set": ["02:00:00:00:00:0b", "02:00:00:00:00:0c"]}
+        )
+
+    def test_bpf_programs_end_in_accept_and_drop(self) -> None:
+        for program in (vip_filter(VIP), arp_request_filter(VIP)):
+            self.assertEqual(program[-2], (0x06, 0, 0, 0x40000))
+            self.assertEqual(program[-1], (0x06, 0, 0, 0))
+            self.assertIn(0x0A4D0064, [k for op, _, _, k in program if op == 0x15])  # jeq VIP
