@@ -199,10 +199,10 @@ class Host:
 
     # -- the VIP on loopback ---------------------------------------------------------------
 
-    def has_vip(self, vip: str) -> bool:
-        code, out = self.run(["ip", "-j", "-4", "addr", "show", "dev", "lo"], None)
+    def has_vip(self, vip: str, device: str = "lo") -> bool:
+        code, out = self.run(["ip", "-j", "-4", "addr", "show", "dev", device], None)
         if code != 0:
-            raise HostError(f"ip addr show dev lo: {out}")
+            raise HostError(f"ip addr show dev {device}: {out}")
         try:
             links = json.loads(out or "[]")
         except ValueError:
@@ -210,15 +210,19 @@ class Host:
         return any(a.get("local") == vip for link in links for a in link.get("addr_info", ()))
 
     def add_vip(self, vip: str) -> None:
-        if self.has_vip(vip):
-            return
-        code, out = self.run(["ip", "addr", "add", f"{vip}/32", "dev", "lo"], None)
-        if code != 0 and not self.has_vip(vip):
-            raise HostError(f"cannot put the VIP {vip} on lo: {out} (dlba needs root)")
+        self.add_address(vip, "lo")
 
     def remove_vip(self, vip: str) -> None:
         if self.has_vip(vip):
             self.run(["ip", "addr", "del", f"{vip}/32", "dev", "lo"], None)
+
+    def add_address(self, ip: str, device: str) -> None:
+        """``ip/32`` on ``device``, unless it is there already."""
+        if self.has_vip(ip, device):
+            return
+        code, out = self.run(["ip", "addr", "add", f"{ip}/32", "dev", device], None)
+        if code != 0 and not self.has_vip(ip, device):
+            raise HostError(f"cannot put {ip} on {device}: {out} (dlba needs root)")
 
     # -- nftables -------------------------------------------------------------------------
 
