@@ -24,6 +24,7 @@ from dlba.packet.host import Host, HostError, guard_ruleset, scheduler_ruleset
 from dlba.packet.rawio import PacketSocketIO
 from dlba.packet.service import PacketSchedulerService
 from dlba.tables import NodeState, NodeStatusTable
+from tests.array_support import node_tables
 
 VIP = "10.77.0.100"
 MACS = {1: "02:00:00:00:00:0b", 2: "02:00:00:00:00:0c"}
@@ -221,3 +222,34 @@ class RulesetTests(SynchronousTestCase):
             self.assertEqual(program[-2], (0x06, 0, 0, 0x40000))
             self.assertEqual(program[-1], (0x06, 0, 0, 0))
             self.assertIn(0x0A4D0064, [k for op, _, _, k in program if op == 0x15])  # jeq VIP
+
+
+class WiringTests(SynchronousTestCase):
+    """make_node_service builds the packet scheduler only with [array] vip (never started
+    here: that would change this host)."""
+
+    CONFIG = '[node]\nnumber = {node}\n[listen]\nstatus = "tcp:0"\n[array]\n{vip}' + node_tables(
+        [1, 2], "10.77.0.1{}".format
+    )
+
+    def node(self, number: int, vip: str) -> Any:
+        from dlba.config import parse
+        from dlba.node import make_node_service
+
+        return make_node_service(parse(self.CONFIG.format(node=number, vip=vip), "x.toml"), Clock())
+
+    def test_with_a_vip(self) -> None:
+        node = self.node(1, f'vip = "{VIP}"\n')
+        svc = node.getServiceNamed("packet")
+        self.assertIsInstance(svc, PacketSchedulerService)
+        self.assertIs(svc.table, node.report.client_table)
+        self.assertTrue(svc.scheduler_at_start)  # no election: the first node schedules
+        self.assertEqual(node.report.packets(), svc.row())
+        self.assertFalse(
+            self.node(2, f'vip = "{VIP}"\n').getServiceNamed("packet").scheduler_at_start
+        )
+
+    def test_without_a_vip_none(self) -> None:
+        node = self.node(1, "")
+        self.assertRaises(KeyError, node.getServiceNamed, "packet")
+        self.assertIsNone(node.report.packets)
