@@ -2,7 +2,8 @@
 tests/e2e/test_packet_netns.py: the real PacketSchedulerService (every-node setup; with
 --schedule also the forwarder), a tiny TCP server on VIP:port that answers which node it
 is, and a status file (the service's row and the client table's owners) rewritten every
-0.1 s for the test to poll.
+0.1 s for the test to poll.  SIGUSR1 makes it take over as failover's ``_become`` does:
+the nodes named by --dead fail (their buckets freed), then ``start(2)``.
 
     python3 -m tests.e2e.packet_node --vip V --own N --nodes 1=MAC,2=MAC --status FILE
         [--schedule] [--port 8080] [--table-size 61]
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -42,6 +44,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--schedule", action="store_true")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--table-size", type=int, default=61)
+    parser.add_argument("--dead", default="", help="nodes to fail on SIGUSR1, e.g. 1,3")
     args = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
 
@@ -76,6 +79,17 @@ def main(argv: list[str]) -> int:
             print(f"status dump failed: {e!r}", file=sys.stderr)
 
     task.LoopingCall(dump).start(0.1)
+
+    def take_over() -> None:
+        table.take_over(r.seconds())
+        for number in filter(None, args.dead.split(",")):
+            row = nodes.get(int(number))
+            if row is not None:
+                row.failed = True
+                table.node_failed(int(number))
+        svc.start(2)
+
+    signal.signal(signal.SIGUSR1, lambda *_: r.callFromThread(take_over))
     r.addSystemEventTrigger("before", "shutdown", svc.stopService)
     r.run()
     return 0

@@ -111,6 +111,7 @@ class PacketArrayTests(SynchronousTestCase):
         nodes = ",".join(f"{n}={mac}" for n, mac in MACS.items())
         for n in (1, 2, 3):
             argv = ["--vip", VIP, "--own", str(n), "--nodes", nodes, "--status", self.status(n)]
+            argv += ["--dead", "1"]  # what a takeover fails (SIGUSR1)
             self.spawn(
                 self.ns[n],
                 "-m",
@@ -250,3 +251,34 @@ class PacketArrayTests(SynchronousTestCase):
             "dlba_guard", run("ip", "netns", "exec", self.ns[2], "nft", "list", "tables")
         )
         self.assertNotIn(VIP, run("ip", "-n", self.ns[2], "addr", "show", "dev", "lo"))
+
+    def test_a_dead_schedulers_kernel_resets_nothing_and_a_new_one_takes_over(self) -> None:
+        self.client("connect", VIP, str(PORT), "43000")  # the client's ARP names node 1
+        scheduler, node2 = self.procs[0], self.procs[1]
+        scheduler.kill()  # the process only: its kernel, VIP and rules stay
+        scheduler.wait(10)
+        tables = run("ip", "netns", "exec", self.ns[1], "nft", "list", "tables")
+        self.assertIn("netdev dlba", tables)
+        self.assertIn("inet dlba_guard", tables)
+        # Frames still sent to the dead scheduler's MAC: its kernel must not reset them.
+        self.assertEqual(self.client("stray-ack", MACS[1], VIP, str(PORT))["rst"], 0)
+
+        node2.send_signal(signal.SIGUSR1)
+        wait_for("node 2 forwarding", lambda: self.read(2)["packets"]["forwarding"])
+        wait_for(
+            "the client to learn the VIP's new MAC",
+            lambda: MACS[2] in run("ip", "-n", self.ns["client"], "neigh", "show", VIP),
+        )
+        self.assertGreater(self.read(2)["packets"]["arp_announced"], 0)
+        sports = list(range(43100, 43130))
+        answers = self.client("connect", VIP, str(PORT), *map(str, sports))
+        buckets = [bucket_of(CLIENT_IP, sport, TABLE_SIZE) for sport in sports]
+        owners = wait_for(
+            "node 2's table in its status file",
+            lambda: o if all((o := self.read(2)["owners"])[b] >= 0 for b in buckets) else None,
+        )
+        landed: Counter[int] = Counter()
+        for sport, bucket in zip(sports, buckets, strict=True):
+            self.assertEqual(answers[str(sport)], f"node {owners[bucket]}", self.logs())
+            landed[owners[bucket]] += 1
+        self.assertEqual(set(landed), {2, 3})  # node 1 failed: none of its buckets
