@@ -181,6 +181,13 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(self.host.commands, [])
         self.assertIsNone(self.io.router)
 
+    def test_an_ipv6_vip_is_not_forwarded(self) -> None:
+        self.svc.vip = "2001:db8::100"
+        self.svc.startService()
+        self.svc.start(1)
+        self.assertEqual(self.host.commands, [])
+        self.assertIsNone(self.io.router)
+
     def test_a_sysctl_that_cannot_be_set_is_named(self) -> None:
         path = self.root / "proc" / "net" / "ipv4" / "conf" / "all" / "arp_ignore"
         path.unlink()

@@ -87,6 +87,11 @@ class PacketSchedulerService(Service):
     def startService(self) -> None:
         super().startService()
         host = self.host
+        if ":" in self.vip:
+            log.error(
+                "packet scheduler off: it forwards IPv4 only, and the VIP is {vip}", vip=self.vip
+            )
+            return
         if not host.has_interface(self.interface):
             log.error(
                 "packet scheduler off: no interface {interface} ([array] interface)",
