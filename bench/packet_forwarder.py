@@ -1,10 +1,11 @@
 """The forwarder under test in bench/packetbench.py, run in the forwarder's namespace.
 
-    python3 bench/packet_forwarder.py naive|dlba IFACE VIP SINK_MAC
+    python3 bench/packet_forwarder.py naive|dlba|dlba-recv IFACE VIP SINK_MAC
 
 naive: the baseline of issue 12 §4, one ``recvfrom_into`` and one ``send`` per frame on a
 blocking socket with the same BPF filter, both MACs rewritten, no decision.  dlba: the
-real path, ``PacketSocketIO`` (batched reads in the reactor, virtio-net header, tap) with a
+real path, ``PacketSocketIO`` (the receive ring read in the reactor, virtio-net header, tap;
+dlba-recv: one ``recv_into`` a frame instead of the ring) with a
 ``FrameRouter`` over a ``ClientTable`` whose only live node is the sink.  Prints "ready",
 then runs until SIGTERM and prints the frames it handled as JSON.
 """
@@ -44,7 +45,7 @@ def naive(interface: str, vip: str, sink_mac: str) -> None:
         count += 1
 
 
-def dlba(interface: str, vip: str, sink_mac: str) -> None:
+def dlba(interface: str, vip: str, sink_mac: str, ring: bool = True) -> None:
     from twisted.internet import reactor
 
     from dlba.clienttable import ClientTable
@@ -61,7 +62,7 @@ def dlba(interface: str, vip: str, sink_mac: str) -> None:
     )
     table = ClientTable(4093, nodes, idle_timeout=300.0)
     router = FrameRouter(table, vip, 1, own, {1: own, 2: sink_mac})
-    io = PacketSocketIO(interface, vip, r, host)
+    io = PacketSocketIO(interface, vip, r, host, ring=ring)
     io.start(router)
 
     def stop() -> None:
@@ -77,4 +78,9 @@ def dlba(interface: str, vip: str, sink_mac: str) -> None:
 
 if __name__ == "__main__":
     mode, interface, vip, sink = sys.argv[1:5]
-    {"naive": naive, "dlba": dlba}[mode](interface, vip, sink)
+    modes: dict[str, Any] = {
+        "naive": naive,
+        "dlba": dlba,
+        "dlba-recv": lambda *a: dlba(*a, ring=False),
+    }
+    modes[mode](interface, vip, sink)

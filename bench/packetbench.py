@@ -175,7 +175,7 @@ def main() -> int:
     try:
         topology()
         for _ in range(args.runs):
-            for mode in ("bridge", "naive", "dlba"):
+            for mode in ("bridge", "naive", "dlba-recv", "dlba"):
                 got = one(mode, flood, tmp, args.seconds)
                 results.setdefault(mode, []).append(got)
                 print(json.dumps(got), file=sys.stderr, flush=True)
@@ -189,7 +189,8 @@ def main() -> int:
     names = {
         "bridge": "bridge alone (ceiling)",
         "naive": "naive Python loop",
-        "dlba": "dlba PacketSocketIO",
+        "dlba-recv": "dlba PacketSocketIO, recv_into",
+        "dlba": "dlba PacketSocketIO, receive ring",
     }
     for mode, runs in results.items():
         fps = statistics.median(r["fps"] for r in runs)

@@ -269,7 +269,8 @@ class PacketArrayTests(SynchronousTestCase):
             "the client to learn the VIP's new MAC",
             lambda: MACS[2] in run("ip", "-n", self.ns["client"], "neigh", "show", VIP),
         )
-        self.assertGreater(self.read(2)["packets"]["arp_announced"], 0)
+        # (the status file is rewritten every 0.1 s: it may not have the count yet)
+        wait_for("node 2's announcements counted", lambda: self.read(2)["packets"]["arp_announced"])
         sports = list(range(43100, 43130))
         answers = self.client("connect", VIP, str(PORT), *map(str, sports))
         buckets = [bucket_of(CLIENT_IP, sport, TABLE_SIZE) for sport in sports]
