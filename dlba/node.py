@@ -558,7 +558,13 @@ def make_node_service(
     if config.array.vip:
         # Without an election the configured scheduler forwards from the start.
         fixed = scheduler == config.node.number and not failover
-        packet_service(node, reactor, scheduler_at_start=fixed).setServiceParent(node)
+        packets = packet_service(node, reactor, scheduler_at_start=fixed)
+        packets.setServiceParent(node)
+        # First of all: the VIP must be on lo before the listeners on it bind (in their
+        # privilegedStartService), and go after they close.  MultiService keeps its
+        # children in a list and starts them in its order.
+        node.services.remove(packets)
+        node.services.insert(0, packets)
     if config.listen.sync:
         sync_service(node, proxy, reactor).setServiceParent(node)
     if failover:

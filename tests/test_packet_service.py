@@ -202,6 +202,12 @@ class ServiceTests(SynchronousTestCase):
         self.assertIsNone(self.io.router)
         self.assertFalse(self.svc.row()["forwarding"])
 
+    def test_the_vip_is_held_before_any_listener_binds(self) -> None:
+        self.svc.privilegedStartService()
+        self.assertEqual(self.host.vips, {VIP})
+        self.svc.startService()  # nothing twice
+        self.assertEqual(self.host.tables(), ["+dlba_guard"])
+
     def test_the_frame_io_provides_its_interface(self) -> None:
         verifyObject(IFrameIO, PacketSocketIO("eth0", VIP, Clock(), self.host))
 
@@ -251,6 +257,7 @@ class WiringTests(SynchronousTestCase):
         self.assertIsInstance(svc, PacketSchedulerService)
         self.assertIs(svc.table, node.report.client_table)
         self.assertTrue(svc.scheduler_at_start)  # no election: the first node schedules
+        self.assertIs(node.services[0], svc)  # the VIP is there before listeners bind
         self.assertEqual(node.report.packets(), svc.row())
         self.assertFalse(
             self.node(2, f'vip = "{VIP}"\n').getServiceNamed("packet").scheduler_at_start

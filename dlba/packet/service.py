@@ -81,11 +81,27 @@ class PacketSchedulerService(Service):
         self.router: FrameRouter | None = None
         self.term: int | None = None  # while scheduling
         self.ready = False  # the every-node part is in place
+        self._tried = False  # once a run: a missing interface is logged once
 
     # -- every node -------------------------------------------------------------------------
 
+    def privilegedStartService(self) -> None:
+        # Before any listener binds (the proxy's listen on the VIP): node.py puts this
+        # service first, and privilegedStartService runs for every child before any
+        # startService.
+        super().privilegedStartService()
+        self._hold_vip()
+
     def startService(self) -> None:
         super().startService()
+        self._hold_vip()
+        if self.ready and self.scheduler_at_start:
+            self.start(0)
+
+    def _hold_vip(self) -> None:
+        if self.ready or self._tried:
+            return
+        self._tried = True
         host = self.host
         if ":" in self.vip:
             log.error(
@@ -110,13 +126,12 @@ class PacketSchedulerService(Service):
             "the VIP {vip} is on lo, ARP for it is off and the kernel guard is in",
             vip=self.vip,
         )
-        if self.scheduler_at_start:
-            self.start(0)
 
     def stopService(self) -> None:
         super().stopService()
         if self.term is not None:
             self.stop()
+        self._tried = False
         if self.ready:
             self.ready = False
             for undo in (self.host.remove_guard, lambda: self.host.remove_vip(self.vip)):
