@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 
 from dlba.clienttable import ClientTable
 from dlba.config import ArrayNode, ArraySection
-from dlba.frames import FrameRouter
+from dlba.frames import FrameRouter, mac_bytes
 from dlba.interfaces import IFrameIO
 from dlba.packet.bpf import arp_request_filter, vip_filter
 from dlba.packet.host import Host, HostError, guard_ruleset, scheduler_ruleset
@@ -267,3 +267,92 @@ class WiringTests(SynchronousTestCase):
         node = self.node(1, "")
         self.assertRaises(KeyError, node.getServiceNamed, "packet")
         self.assertIsNone(node.report.packets)
+
+
+class FakeSocket:
+    """recv_into from a list of frames (BlockingIOError when empty); send recorded."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = list(frames)
+        self.sent: list[bytes] = []
+
+    def fileno(self) -> int:
+        return -1
+
+    def recv_into(self, buffer: bytearray) -> int:
+        if not self.frames:
+            raise BlockingIOError
+        frame = self.frames.pop(0)
+        buffer[: len(frame)] = frame
+        return len(frame)
+
+    def send(self, data: Any) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+
+class ReaderTests(SynchronousTestCase):
+    """The frame readers hand each frame to the router and send it where it says, with
+    the virtio-net header it came with; a batch is bounded."""
+
+    def setUp(self) -> None:
+        from tests.test_frames import MACS as FRAME_MACS
+        from tests.test_frames import TAP_MAC, ether, ipv4, syn
+
+        self.nodes = NodeStatusTable(
+            NodeState(n, FRAME_MACS[n], f"10.77.0.{10 + n}") for n in (1, 2)
+        )
+        for row in self.nodes:
+            row.enabled = row.number == 2  # everything goes to node 2
+        table = ClientTable(61, self.nodes, idle_timeout=60.0)
+        self.router = FrameRouter(
+            table, "10.77.0.100", 1, FRAME_MACS[1], FRAME_MACS, local_mac=TAP_MAC
+        )
+        self.header = bytes(range(1, 11))  # a recognisable virtio-net header
+        self.frames = [self.header + bytes(syn(sport=p)) for p in range(5)]
+        self.junk = self.header + bytes(ether(ipv4(proto=17, payload=bytes(8))))
+        self.macs = FRAME_MACS
+
+    def test_recv_into_reader(self) -> None:
+        from dlba.packet.rawio import FrameReader
+
+        sock = FakeSocket([*self.frames, self.junk])
+        reader = FrameReader(sock, -1, self.router, lambda: 5.0, batch=4)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(len(sock.sent), 4)  # one batch
+        reader.doRead()
+        self.assertEqual(len(sock.sent), 5)
+        for sent in sock.sent:
+            self.assertEqual(sent[:10], self.header)
+            self.assertEqual(sent[10:16], mac_bytes(self.macs[2]))
+            self.assertEqual(sent[16:22], mac_bytes(self.macs[1]))
+        self.assertEqual(self.router.counters.dropped["not_tcp"], 1)
+        self.assertEqual(self.router.counters.forwarded, {2: 5})
+
+    def test_ring_reader(self) -> None:
+        import mmap
+        import struct
+
+        from dlba.packet.rawio import RING_FRAME, RingFrameReader
+
+        ring = mmap.mmap(-1, RING_FRAME * 4)
+        mac_offset = 80
+        for i, frame in enumerate([*self.frames[:3], self.junk]):
+            at = i * RING_FRAME
+            body = frame[10:]
+            struct.pack_into("=IIIH", ring, at, 1, len(body), len(body), mac_offset)
+            ring[at + mac_offset - 10 : at + mac_offset + len(body)] = frame
+        sock = FakeSocket([])
+        reader = RingFrameReader(sock, ring, -1, self.router, lambda: 5.0)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(len(sock.sent), 3)
+        self.assertTrue(all(s[:10] == self.header for s in sock.sent))
+        self.assertTrue(all(s[10:16] == mac_bytes(self.macs[2]) for s in sock.sent))
+        self.assertEqual(self.router.counters.dropped["not_tcp"], 1)
+        # every slot is the kernel's again, and the reader waits at the next one
+        self.assertEqual([ring[i * RING_FRAME] for i in range(4)], [0, 0, 0, 0])
+        self.assertEqual(reader.next, 0)  # four slots: wrapped round
+        reader.doRead()  # nothing new
+        self.assertEqual(len(sock.sent), 3)
+        reader.view.release()
+        ring.close()
