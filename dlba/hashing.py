@@ -37,6 +37,7 @@ __all__ = [
     "MIN_SIZE",
     "MaglevTable",
     "bucket_of",
+    "bucket_of_wire",
     "default_size",
     "is_prime",
     "next_prime",
@@ -120,6 +121,13 @@ def bucket_of(ip: str | bytes, port: int, size: int) -> int:
     if not 0 <= port <= 0xFFFF:
         raise ValueError(f"port must be 0 to 65535, not {port}")
     return stable_hash64(_packed_ip(ip) + port.to_bytes(2, "big")) % size
+
+
+def bucket_of_wire(ip: bytes, port: bytes, size: int) -> int:
+    """`bucket_of` for the bytes as a frame carries them: the packed address and the port's
+    two big-endian bytes, unchecked.  The packet scheduler's per-frame path, so the hash
+    lives in one place when it changes (issue 13's jhash)."""
+    return int.from_bytes(blake2b(ip + port, digest_size=8).digest(), "little") % size
 
 
 # ---------------------------------------------------------------------------------------

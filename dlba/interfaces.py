@@ -56,3 +56,20 @@ class IBackendPolicy(Interface):
         now: float,
     ) -> list[tuple[bytes, bytes]]:
         """Headers to add to the answer ``backend`` gave (``secure``: the client used TLS)."""
+
+
+class IFrameIO(Interface):
+    """The packet scheduler's frame path: reads the frames for the VIP, has a
+    ``dlba.frames.FrameRouter`` decide each one, and sends it where the router says.
+
+    ``dlba.packet.rawio.PacketSocketIO`` reads every frame from an AF_PACKET socket;
+    issue 13's kernel fast path forwards in nftables and hands this same router only the
+    table misses, so the service above it does not change."""
+
+    path = Attribute("the path's name for the status table and /metrics: 'af_packet', …")
+
+    def start(router: Any) -> None:  # type: ignore[misc]
+        """From now on, read, route and send; ``router`` is a ``FrameRouter``."""
+
+    def stop() -> None:  # type: ignore[misc]
+        """Stop reading and close whatever ``start`` opened; a second call does nothing."""

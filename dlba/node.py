@@ -159,7 +159,10 @@ def failover_service(node: NodeService, reactor: Any) -> Service:
     client = ArrayClient(
         config, reactor, certificate=config.tls.node_certificate, timeout=a.ping_interval
     )
-    failover = FailoverService(election, client, report.client_table, nodes, sweep, reactor)
+    packets = node.namedServices.get("packet")  # the packet scheduler, with [array] vip
+    failover = FailoverService(
+        election, client, report.client_table, nodes, sweep, reactor, packets=packets
+    )
     report.scheduler = lambda: election.scheduler
     report.term = lambda: election.term
     report.sweeping = lambda: sweep.active
@@ -168,6 +171,24 @@ def failover_service(node: NodeService, reactor: Any) -> Service:
         node.control.heard_ping = failover.pinged_by
     node.failover = failover
     return failover
+
+
+def packet_service(node: NodeService, reactor: Any, *, scheduler_at_start: bool) -> Service:
+    """The packet scheduler: the VIP on every node, frame forwarding while scheduler."""
+    from dlba.packet.service import PacketSchedulerService
+
+    report = node.report
+    assert report is not None
+    svc = PacketSchedulerService(
+        node.config.array,
+        node.config.node.number,
+        report.client_table,
+        report.nodes,
+        reactor,
+        scheduler_at_start=scheduler_at_start,
+    )
+    report.packets = svc.row
+    return svc
 
 
 class CatchingUpService(StreamServerEndpointService):
@@ -534,6 +555,16 @@ def make_node_service(
         SweepService(sweep, reactor, address_of, active=not failover).setServiceParent(node)
     if config.listen.admin:
         admin_service(config, node.report, reactor).setServiceParent(node)
+    if config.array.vip:
+        # Without an election the configured scheduler forwards from the start.
+        fixed = scheduler == config.node.number and not failover
+        packets = packet_service(node, reactor, scheduler_at_start=fixed)
+        packets.setServiceParent(node)
+        # First of all: the VIP must be on lo before the listeners on it bind (in their
+        # privilegedStartService), and go after they close.  MultiService keeps its
+        # children in a list and starts them in its order.
+        node.services.remove(packets)
+        node.services.insert(0, packets)
     if config.listen.sync:
         sync_service(node, proxy, reactor).setServiceParent(node)
     if failover:

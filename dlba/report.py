@@ -62,6 +62,7 @@ class NodeReport:
         table_size: int = 0,
         client_table: ClientTable | None = None,
         sweeping: Callable[[], bool] = lambda: True,
+        packets: Callable[[], Row] | None = None,
     ) -> None:
         self.number = number
         self.started = started
@@ -76,6 +77,7 @@ class NodeReport:
         self.table_size = table_size
         self.client_table = client_table  # held by the scheduler (and synced copies)
         self.sweeping = sweeping  # with failover the sweep runs only while scheduler
+        self.packets = packets  # the packet scheduler's counters, with [array] vip
 
     # -- the parts ------------------------------------------------------------------------
 
@@ -211,6 +213,7 @@ class NodeReport:
             "pools": self.pool_rows(now),
             "sessions": self.session_rows(),
             "array": self.array(now),
+            "packets": self.packets() if self.packets is not None else None,
         }
 
     def status_lines(self, now: float) -> list[Row]:
@@ -219,6 +222,8 @@ class NodeReport:
         lines += [{"table": "backend", **row} for row in self.backend_rows(now)]
         lines += [{"table": "pool", **row} for row in self.pool_rows(now)]
         lines += [{"table": "sessions", **row} for row in self.session_rows()]
+        if self.packets is not None:
+            lines.append({"table": "packets", **self.packets()})
         return lines
 
     def tables_lines(self, now: float) -> list[Row]:

@@ -424,6 +424,32 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(one(found, "dlba_client_table_size"), 5)
         self.assertEqual(one(found, "dlba_client_table_buckets", node="2"), 3)
 
+    def test_the_packet_scheduler(self) -> None:
+        from dlba.frames import FrameCounters
+
+        counters = FrameCounters()
+        counters.frames_in, counters.local, counters.table_misses = 100, 30, 4
+        counters.forwarded = {2: 50, 3: 15}
+        counters.dropped["fragment"] = 5
+        self.source.data["packets"] = {
+            "path": "af_packet",
+            "forwarding": True,
+            "arp_answered": 2,
+            **counters.row(),
+        }
+        found = self.found()
+        self.assertEqual(one(found, "dlba_packet_forwarding", path="af_packet"), 1)
+        self.assertEqual(one(found, "dlba_packet_frames_total"), 100)
+        self.assertEqual(one(found, "dlba_packet_local_frames_total"), 30)
+        self.assertEqual(one(found, "dlba_packet_forwarded_frames_total", node="3"), 15)
+        self.assertEqual(one(found, "dlba_packet_dropped_frames_total", reason="fragment"), 5)
+        self.assertEqual(one(found, "dlba_packet_dropped_frames_total", reason="not_tcp"), 0)
+        self.assertEqual(one(found, "dlba_packet_table_misses_total"), 4)
+        self.assertEqual(one(found, "dlba_packet_arp_answers_total"), 2)
+
+    def test_no_packet_scheduler_no_packet_metrics(self) -> None:
+        self.assertNotIn("dlba_packet_frames_total", self.found())
+
     def test_a_sparse_report_still_scrapes(self) -> None:
         self.source.data = {"time": NOW, "node": {"number": 1}, "backends": [{"number": 5}]}
         found = self.found()

@@ -29,6 +29,7 @@ PURE = frozenset(
         "dlba.election",
         "dlba.errors",
         "dlba.files",
+        "dlba.frames",
         "dlba.hashing",
         "dlba.history",
         "dlba.interfaces",

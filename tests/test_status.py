@@ -251,6 +251,9 @@ class StatusProtocolTests(SynchronousTestCase):
         report, _ = make_report(self.clock, sweep=True)
         document = report.report(self.clock.seconds())
         self.assertEqual(json.loads(json.dumps(document)), document)
-        self.assertEqual(set(document), {"time", "node", "backends", "pools", "sessions", "array"})
+        self.assertEqual(
+            set(document), {"time", "node", "backends", "pools", "sessions", "array", "packets"}
+        )
+        self.assertIsNone(document["packets"])  # no [array] vip
         self.assertEqual(document["array"]["scheduler"], 3)
         self.assertIsNone(document["array"]["client_table"])

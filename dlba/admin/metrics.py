@@ -118,6 +118,7 @@ class ReportCollector:
         _pools(out, _rows(report.get("pools")))
         _sessions(out, _rows(report.get("sessions")))
         _array(out, report.get("array") or {})
+        _packets(out, report.get("packets"))
         return list(out)
 
 
@@ -435,6 +436,65 @@ def _array(out: _Families, array: Mapping[str, Any]) -> None:
                 {"node": str(node)},
                 count,
             )
+
+
+def _packets(out: _Families, packets: Any) -> None:
+    """The packet scheduler's counters (every node with a VIP; they move on the scheduler)."""
+    if not isinstance(packets, Mapping):
+        return
+    path = {"path": str(packets.get("path", ""))}
+    out.gauge(
+        "dlba_packet_forwarding",
+        "1 while this node forwards the VIP's frames (it is scheduler), else 0.",
+        path,
+        packets.get("forwarding"),
+    )
+    out.counter(
+        "dlba_packet_frames_total",
+        "Frames for the VIP the packet scheduler read.",
+        {},
+        packets.get("frames_in"),
+    )
+    forwarded = packets.get("forwarded")
+    for node, count in forwarded.items() if isinstance(forwarded, Mapping) else ():
+        out.counter(
+            "dlba_packet_forwarded_frames_total",
+            "Frames rewritten and sent to another node, by node.",
+            {"node": str(node)},
+            count,
+        )
+    out.counter(
+        "dlba_packet_local_frames_total",
+        "Frames for this node's own buckets, handed to its own stack.",
+        {},
+        packets.get("local"),
+    )
+    dropped = packets.get("dropped")
+    for reason, count in dropped.items() if isinstance(dropped, Mapping) else ():
+        out.counter(
+            "dlba_packet_dropped_frames_total",
+            "Frames for the VIP dropped, by reason.",
+            {"reason": str(reason)},
+            count,
+        )
+    out.counter(
+        "dlba_packet_table_misses_total",
+        "Frames whose client-table bucket had to be placed (new, idle or its node gone).",
+        {},
+        packets.get("table_misses"),
+    )
+    out.counter(
+        "dlba_packet_send_errors_total",
+        "Frames decided but not sent (a full queue, a link down).",
+        {},
+        packets.get("send_errors"),
+    )
+    out.counter(
+        "dlba_packet_arp_answers_total",
+        "ARP who-has answers for the VIP sent while scheduler (this term).",
+        {},
+        packets.get("arp_answered"),
+    )
 
 
 def metrics_registry(source: ReportSource, clock: IReactorTime) -> CollectorRegistry:

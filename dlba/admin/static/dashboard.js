@@ -592,12 +592,35 @@
   }
 
   // ---------------------------------------------------------------- the loop
+  // The packet scheduler's counters (a node with a VIP): what it did with the frames.
+  function renderPackets(p) {
+    const box = $("packets");
+    box.hidden = !p;
+    if (!p) return;
+    setText($("packets-sub"), (p.forwarding ? "forwarding" : "standing by") + " · " +
+      (p.vip || "") + " on " + (p.interface || "") + " · " + (p.path || ""));
+    const items = [["frames in", p.frames_in], ["local", p.local]];
+    Object.entries(p.forwarded || {}).forEach(([node, n]) => items.push(["to node " + node, n]));
+    items.push(["table misses", p.table_misses]);
+    Object.entries(p.dropped || {}).forEach(([reason, n]) => {
+      if (n) items.push(["dropped " + reason.replace("_", " "), n]);
+    });
+    if (p.send_errors) items.push(["send errors", p.send_errors]);
+    const legend = $("packets-legend");
+    legend.replaceChildren(...items.map(([label, n]) => {
+      const item = el("span", "item");
+      item.append(label + " ", el("b", null, count(n)));
+      return item;
+    }));
+  }
+
   function render(r) {
     const h = r.history || {};
     state.times = h.times || [];
     renderHeader(r);
     renderTiles(r, h);
     renderArray(r, h);
+    renderPackets(r.packets);
     renderPools(r, h);
   }
 

@@ -1,0 +1,86 @@
+"""The forwarder under test in bench/packetbench.py, run in the forwarder's namespace.
+
+    python3 bench/packet_forwarder.py naive|dlba|dlba-recv IFACE VIP SINK_MAC
+
+naive: the baseline of issue 12 §4, one ``recvfrom_into`` and one ``send`` per frame on a
+blocking socket with the same BPF filter, both MACs rewritten, no decision.  dlba: the
+real path, ``PacketSocketIO`` (the receive ring read in the reactor, virtio-net header, tap;
+dlba-recv: one ``recv_into`` a frame instead of the ring) with a
+``FrameRouter`` over a ``ClientTable`` whose only live node is the sink.  Prints "ready",
+then runs until SIGTERM and prints the frames it handled as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Any
+
+
+def naive(interface: str, vip: str, sink_mac: str) -> None:
+    from dlba.frames import mac_bytes
+    from dlba.packet.bpf import vip_filter
+    from dlba.packet.rawio import packet_socket
+
+    sock = packet_socket(interface, vip_filter(vip))
+    sock.setblocking(True)
+    own = mac_bytes(open(f"/sys/class/net/{interface}/address").read().strip())
+    dst = mac_bytes(sink_mac)
+    buffer = bytearray(2048)
+    view = memoryview(buffer)
+    count = 0
+
+    def stop(*_: Any) -> None:
+        print(json.dumps({"frames": count}), flush=True)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    print("ready", flush=True)
+    while True:
+        n, _ = sock.recvfrom_into(buffer)
+        buffer[0:6] = dst
+        buffer[6:12] = own
+        sock.send(view[:n])
+        count += 1
+
+
+def dlba(interface: str, vip: str, sink_mac: str, ring: bool = True) -> None:
+    from twisted.internet import reactor
+
+    from dlba.clienttable import ClientTable
+    from dlba.frames import FrameRouter
+    from dlba.packet.host import Host
+    from dlba.packet.rawio import PacketSocketIO
+    from dlba.tables import NodeState, NodeStatusTable
+
+    r: Any = reactor
+    host = Host()
+    own = host.mac_of(interface)
+    nodes = NodeStatusTable(
+        [NodeState(1, own, "10.78.0.11", enabled=False), NodeState(2, sink_mac, "10.78.0.12")]
+    )
+    table = ClientTable(4093, nodes, idle_timeout=300.0)
+    router = FrameRouter(table, vip, 1, own, {1: own, 2: sink_mac})
+    io = PacketSocketIO(interface, vip, r, host, ring=ring)
+    io.start(router)
+
+    def stop() -> None:
+        c = router.counters
+        print(json.dumps({"frames": c.frames_in, **c.row()}), flush=True)
+        io.stop()
+        r.stop()
+
+    signal.signal(signal.SIGTERM, lambda *_: r.callFromThread(stop))
+    r.callWhenRunning(print, "ready", flush=True)
+    r.run(installSignalHandlers=False)
+
+
+if __name__ == "__main__":
+    mode, interface, vip, sink = sys.argv[1:5]
+    modes: dict[str, Any] = {
+        "naive": naive,
+        "dlba": dlba,
+        "dlba-recv": lambda *a: dlba(*a, ring=False),
+    }
+    modes[mode](interface, vip, sink)

@@ -1,0 +1,219 @@
+"""The packet scheduler service (DESIGN.md §2): the failover ``PacketScheduler``.
+
+Started with the node (``[array].vip`` set): every node puts the VIP on its loopback,
+sets the ARP sysctls and installs the kernel guard; a stop undoes the VIP and the guard.
+``start(term)`` (this node won the election, or is the configured scheduler) installs the
+scheduler's ingress rule, opens the frame path and answers ARP for the VIP after a few
+gratuitous announcements; ``stop()`` undoes those.  The frame path forwards with the
+node's own client table, so a new scheduler starts with the copy it has been syncing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from dlba.clienttable import ClientTable
+from dlba.config import ArraySection
+from dlba.frames import FrameCounters, FrameRouter
+from dlba.interfaces import IFrameIO
+from dlba.packet.arp import ArpSpeaker
+from dlba.packet.host import Host, HostError
+from dlba.packet.rawio import PacketSocketIO
+from dlba.tables import NodeStatusTable
+
+__all__ = ["PacketSchedulerService"]
+
+log = Logger(namespace="dlba.packet")
+
+
+def _dissect(frame: bytes) -> str:
+    from scapy.layers.l2 import Ether
+
+    return str(Ether(frame).summary())
+
+
+class PacketSchedulerService(Service):
+    name = "packet"
+
+    def __init__(
+        self,
+        array: ArraySection,
+        own: int,
+        table: ClientTable | None,
+        nodes: NodeStatusTable,
+        reactor: Any,
+        *,
+        host: Host | None = None,
+        io: IFrameIO | None = None,
+        arp: Callable[[str, str], ArpSpeaker] | None = None,
+        scheduler_at_start: bool = False,
+        debug: bool = False,
+    ) -> None:
+        assert array.vip is not None
+        self.vip: str = array.vip
+        self.interface = array.interface
+        self.own = own
+        self.table = table
+        self.nodes = nodes
+        self.reactor = reactor
+        self.host = host if host is not None else Host()
+        self.io: IFrameIO = (
+            io
+            if io is not None
+            else PacketSocketIO(
+                self.interface,
+                self.vip,
+                reactor,
+                self.host,
+                dissect=_dissect if debug else None,
+            )
+        )
+        self._arp_factory = arp or (
+            lambda ip, mac: ArpSpeaker(self.interface, ip, mac, self.reactor)
+        )
+        self.arp: ArpSpeaker | None = None
+        self.scheduler_at_start = scheduler_at_start
+        self.counters = FrameCounters()  # over every term: Prometheus counters never fall
+        self.router: FrameRouter | None = None
+        self.term: int | None = None  # while scheduling
+        self.ready = False  # the every-node part is in place
+        self._tried = False  # once a run: a missing interface is logged once
+
+    # -- every node -------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        # Before any listener binds (the proxy's listen on the VIP): node.py puts this
+        # service first, and privilegedStartService runs for every child before any
+        # startService.
+        super().privilegedStartService()
+        self._hold_vip()
+
+    def startService(self) -> None:
+        super().startService()
+        self._hold_vip()
+        if self.ready and self.scheduler_at_start:
+            self.start(0)
+
+    def _hold_vip(self) -> None:
+        if self.ready or self._tried:
+            return
+        self._tried = True
+        host = self.host
+        if ":" in self.vip:
+            log.error(
+                "packet scheduler off: it forwards IPv4 only, and the VIP is {vip}", vip=self.vip
+            )
+            return
+        if not host.has_interface(self.interface):
+            log.error(
+                "packet scheduler off: no interface {interface} ([array] interface)",
+                interface=self.interface,
+            )
+            return
+        try:
+            host.arp_sysctls(self.interface)
+            host.add_vip(self.vip)
+            host.install_guard(self.vip)
+        except HostError as e:
+            log.critical("cannot hold the VIP {vip}: {why}", vip=self.vip, why=str(e))
+            raise
+        self.ready = True
+        log.info(
+            "the VIP {vip} is on lo, ARP for it is off and the kernel guard is in",
+            vip=self.vip,
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.term is not None:
+            self.stop()
+        self._tried = False
+        if self.ready:
+            self.ready = False
+            for undo in (self.host.remove_guard, lambda: self.host.remove_vip(self.vip)):
+                try:
+                    undo()
+                except HostError as e:
+                    log.warn("on stop: {why}", why=str(e))
+
+    # -- the scheduler (failover's PacketScheduler) ------------------------------------------
+
+    def start(self, term: int) -> None:
+        if self.term is not None:
+            self.term = term
+            return
+        if not self.ready or self.table is None:
+            log.error(
+                "this node is scheduler (term {term}) but cannot forward: {why}",
+                term=term,
+                why="no client table" if self.ready else "the VIP is not set up on this host",
+            )
+            return
+        host = self.host
+        try:
+            mac = host.mac_of(self.interface)
+            macs = {row.number: row.mac for row in self.nodes if row.mac}
+            configured = macs.get(self.own)
+            if configured and configured.lower() != mac.lower():
+                log.warn(
+                    "[[array.node]] {node} says mac {configured}, {interface} has {mac}",
+                    node=self.own,
+                    configured=configured,
+                    interface=self.interface,
+                    mac=mac,
+                )
+            host.install_scheduler_rule(self.vip, self.interface, [*macs.values(), mac])
+            self.router = FrameRouter(
+                self.table, self.vip, self.own, mac, macs, counters=self.counters
+            )
+            self.io.start(self.router)
+            self.arp = self._arp_factory(self.vip, mac)
+            self.arp.start()
+        except Exception as e:
+            log.critical("cannot start forwarding: {why}", why=str(e))
+            self._undo()
+            return
+        self.term = term
+        log.warn(
+            "forwarding frames for {vip} on {interface} ({path}, term {term})",
+            vip=self.vip,
+            interface=self.interface,
+            path=self.io.path,
+            term=term,
+        )
+
+    def stop(self) -> None:
+        if self.term is None:
+            return
+        self.term = None
+        self._undo()
+        log.warn("stopped forwarding frames for {vip}", vip=self.vip)
+
+    def _undo(self) -> None:
+        if self.arp is not None:
+            self.arp.stop()
+            self.arp = None
+        self.io.stop()
+        try:
+            self.host.remove_scheduler_rule()
+        except HostError as e:
+            log.warn("on stop: {why}", why=str(e))
+
+    # -- the report ----------------------------------------------------------------------
+
+    def row(self) -> dict[str, object]:
+        """The status daemon's ``packets`` line, the admin JSON's ``packets``."""
+        arp = self.arp
+        return {
+            "path": self.io.path,
+            "vip": self.vip,
+            "interface": self.interface,
+            "forwarding": self.term is not None,
+            "arp_answered": arp.answered if arp is not None else 0,
+            "arp_announced": arp.announced if arp is not None else 0,
+            **self.counters.row(),
+        }

@@ -1,0 +1,358 @@
+"""The packet scheduler service's life cycle and the host settings, with fakes for the
+kernel (the real thing runs in tests/e2e/test_packet_netns.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from dlba.clienttable import ClientTable
+from dlba.config import ArrayNode, ArraySection
+from dlba.frames import FrameRouter, mac_bytes
+from dlba.interfaces import IFrameIO
+from dlba.packet.bpf import arp_request_filter, vip_filter
+from dlba.packet.host import Host, HostError, guard_ruleset, scheduler_ruleset
+from dlba.packet.rawio import PacketSocketIO
+from dlba.packet.service import PacketSchedulerService
+from dlba.tables import NodeState, NodeStatusTable
+from tests.array_support import node_tables
+
+VIP = "10.77.0.100"
+MACS = {1: "02:00:00:00:00:0b", 2: "02:00:00:00:00:0c"}
+
+
+class FakeHost(Host):
+    def __init__(self, root: Path) -> None:
+        (root / "sys" / "eth0").mkdir(parents=True)
+        (root / "sys" / "eth0" / "address").write_text(MACS[1] + "\n")
+        super().__init__(self.record, root / "proc", root / "sys")
+        self.commands: list[tuple[list[str], Any]] = []
+        self.vips: set[str] = set()
+        for name in ("all", "eth0", "dlba0"):
+            conf = root / "proc" / "net" / "ipv4" / "conf" / name
+            conf.mkdir(parents=True)
+            for key in ("arp_ignore", "arp_announce", "rp_filter"):
+                (conf / key).write_text("0\n")
+
+    def record(self, argv: Sequence[str], data: bytes | None) -> tuple[int, str]:
+        argv = list(argv)
+        self.commands.append((argv, json.loads(data) if data else None))
+        if argv[:2] == ["ip", "-j"]:
+            addrs = [{"local": v} for v in sorted(self.vips)]
+            return 0, json.dumps([{"ifname": "lo", "addr_info": addrs}])
+        if argv[:3] == ["ip", "addr", "add"]:
+            self.vips.add(argv[3].split("/")[0])
+        if argv[:3] == ["ip", "addr", "del"]:
+            self.vips.discard(argv[3].split("/")[0])
+        return 0, ""
+
+    def tables(self) -> list[str]:
+        """The nft transactions, as the table each one ends with ("-" deletes)."""
+        out = []
+        for argv, data in self.commands:
+            if argv[0] == "nft":
+                last = data["nftables"][-1]
+                verb, what = next(iter(last.items()))
+                name = what.get("table", what.get("rule", {}).get("table"))
+                if isinstance(name, dict):
+                    name = name["name"]
+                out.append(("-" if verb == "delete" else "+") + str(name))
+        return out
+
+
+@implementer(IFrameIO)
+class FakeIO:
+    path = "fake"
+
+    def __init__(self) -> None:
+        self.router: FrameRouter | None = None
+        self.stops = 0
+
+    def start(self, router: Any) -> None:
+        self.router = router
+
+    def stop(self) -> None:
+        self.router = None
+        self.stops += 1
+
+
+class FakeArp:
+    def __init__(self, vip: str, mac: str) -> None:
+        self.vip, self.mac, self.running = vip, mac, False
+        self.answered = self.announced = 0
+
+    def start(self) -> None:
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+        self.root = root
+        self.host = FakeHost(root)
+        self.nodes = NodeStatusTable(
+            NodeState(n, mac, f"10.77.0.{10 + n}") for n, mac in MACS.items()
+        )
+        self.table = ClientTable(7, self.nodes, idle_timeout=60.0)
+        self.io = FakeIO()
+        self.arps: list[FakeArp] = []
+        array = ArraySection(
+            vip=VIP, nodes=tuple(ArrayNode(n, mac, f"10.77.0.{10 + n}") for n, mac in MACS.items())
+        )
+        self.svc = PacketSchedulerService(
+            array,
+            1,
+            self.table,
+            self.nodes,
+            Clock(),
+            host=self.host,
+            io=self.io,
+            arp=self.arp,
+        )
+
+    def arp(self, vip: str, mac: str) -> Any:
+        self.arps.append(FakeArp(vip, mac))
+        return self.arps[-1]
+
+    def sysctl(self, name: str) -> str:
+        return (self.root / "proc" / name.replace(".", "/")).read_text().strip()
+
+    def test_every_node_holds_the_vip_quietly_and_guards_it(self) -> None:
+        self.svc.startService()
+        self.assertEqual(self.sysctl("net.ipv4.conf.all.arp_ignore"), "1")
+        self.assertEqual(self.sysctl("net.ipv4.conf.eth0.arp_announce"), "2")
+        self.assertEqual(self.host.vips, {VIP})
+        self.assertEqual(self.host.tables(), ["+dlba_guard"])
+        self.assertIsNone(self.io.router)  # not scheduler: no frames
+        self.svc.stopService()
+        self.assertEqual(self.host.vips, set())
+        self.assertEqual(self.host.tables(), ["+dlba_guard", "-dlba_guard"])
+
+    def test_the_scheduler_forwards_with_the_nodes_table(self) -> None:
+        self.svc.startService()
+        self.svc.start(4)
+        self.assertEqual(self.host.tables(), ["+dlba_guard", "+dlba"])
+        assert self.io.router is not None
+        self.assertIs(self.io.router.table, self.table)
+        self.assertTrue(self.arps[-1].running)
+        self.assertEqual(self.arps[-1].mac, MACS[1])
+        row = self.svc.row()
+        self.assertEqual((row["forwarding"], row["path"], row["frames_in"]), (True, "fake", 0))
+        self.svc.stop()
+        self.assertFalse(self.arps[-1].running)
+        self.assertIsNone(self.io.router)
+        self.assertEqual(self.host.tables()[-1], "-dlba")
+        self.assertFalse(self.svc.row()["forwarding"])
+        self.svc.stop()  # twice: nothing more
+        self.assertEqual(self.io.stops, 1)
+
+    def test_counters_outlive_a_term(self) -> None:
+        self.svc.startService()
+        self.svc.start(1)
+        self.svc.counters.frames_in = 9
+        self.svc.stop()
+        self.svc.start(2)
+        self.assertEqual(self.svc.row()["frames_in"], 9)
+
+    def test_stopping_the_service_stops_forwarding(self) -> None:
+        self.svc.startService()
+        self.svc.start(1)
+        self.svc.stopService()
+        self.assertIsNone(self.io.router)
+        self.assertEqual(self.host.tables()[-2:], ["-dlba", "-dlba_guard"])
+
+    def test_no_interface_no_packet_scheduler(self) -> None:
+        shutil.rmtree(self.root / "sys" / "eth0")
+        self.svc.startService()
+        self.svc.start(1)
+        self.assertEqual(self.host.commands, [])
+        self.assertIsNone(self.io.router)
+
+    def test_an_ipv6_vip_is_not_forwarded(self) -> None:
+        self.svc.vip = "2001:db8::100"
+        self.svc.startService()
+        self.svc.start(1)
+        self.assertEqual(self.host.commands, [])
+        self.assertIsNone(self.io.router)
+
+    def test_a_sysctl_that_cannot_be_set_is_named(self) -> None:
+        path = self.root / "proc" / "net" / "ipv4" / "conf" / "all" / "arp_ignore"
+        path.unlink()
+        path.mkdir()  # neither readable nor writable as a file
+        error = self.assertRaises(HostError, self.svc.startService)
+        self.assertIn("net.ipv4.conf.all.arp_ignore", str(error))
+
+    def test_a_scheduler_without_a_table_says_so(self) -> None:
+        self.svc.table = None
+        self.svc.startService()
+        self.svc.start(1)
+        self.assertIsNone(self.io.router)
+        self.assertFalse(self.svc.row()["forwarding"])
+
+    def test_the_vip_is_held_before_any_listener_binds(self) -> None:
+        self.svc.privilegedStartService()
+        self.assertEqual(self.host.vips, {VIP})
+        self.svc.startService()  # nothing twice
+        self.assertEqual(self.host.tables(), ["+dlba_guard"])
+
+    def test_the_frame_io_provides_its_interface(self) -> None:
+        verifyObject(IFrameIO, PacketSocketIO("eth0", VIP, Clock(), self.host))
+
+
+class RulesetTests(SynchronousTestCase):
+    def test_guard(self) -> None:
+        rules = [
+            c["add"]["rule"] for c in guard_ruleset(VIP)["nftables"] if "rule" in c.get("add", {})
+        ]
+        self.assertEqual(len(rules), 2)
+        self.assertTrue(all(r["expr"][0]["match"]["right"] == VIP for r in rules))
+        self.assertEqual(rules[0]["expr"][-1], {"drop": None})
+
+    def test_scheduler_rule_names_the_interface_and_the_macs(self) -> None:
+        commands = scheduler_ruleset(VIP, "eth0", ["02:00:00:00:00:0C", "02:00:00:00:00:0b"])
+        chain = commands["nftables"][3]["add"]["chain"]
+        self.assertEqual((chain["hook"], chain["dev"]), ("ingress", "eth0"))
+        rule = commands["nftables"][4]["add"]["rule"]
+        self.assertEqual(
+            rule["expr"][1]["match"]["right"], {"set": ["02:00:00:00:00:0b", "02:00:00:00:00:0c"]}
+        )
+
+    def test_bpf_programs_end_in_accept_and_drop(self) -> None:
+        for program in (vip_filter(VIP), arp_request_filter(VIP)):
+            self.assertEqual(program[-2], (0x06, 0, 0, 0x40000))
+            self.assertEqual(program[-1], (0x06, 0, 0, 0))
+            self.assertIn(0x0A4D0064, [k for op, _, _, k in program if op == 0x15])  # jeq VIP
+
+
+class WiringTests(SynchronousTestCase):
+    """make_node_service builds the packet scheduler only with [array] vip (never started
+    here: that would change this host)."""
+
+    CONFIG = '[node]\nnumber = {node}\n[listen]\nstatus = "tcp:0"\n[array]\n{vip}' + node_tables(
+        [1, 2], "10.77.0.1{}".format
+    )
+
+    def node(self, number: int, vip: str) -> Any:
+        from dlba.config import parse
+        from dlba.node import make_node_service
+
+        return make_node_service(parse(self.CONFIG.format(node=number, vip=vip), "x.toml"), Clock())
+
+    def test_with_a_vip(self) -> None:
+        node = self.node(1, f'vip = "{VIP}"\n')
+        svc = node.getServiceNamed("packet")
+        self.assertIsInstance(svc, PacketSchedulerService)
+        self.assertIs(svc.table, node.report.client_table)
+        self.assertTrue(svc.scheduler_at_start)  # no election: the first node schedules
+        self.assertIs(node.services[0], svc)  # the VIP is there before listeners bind
+        self.assertEqual(node.report.packets(), svc.row())
+        self.assertFalse(
+            self.node(2, f'vip = "{VIP}"\n').getServiceNamed("packet").scheduler_at_start
+        )
+
+    def test_without_a_vip_none(self) -> None:
+        node = self.node(1, "")
+        self.assertRaises(KeyError, node.getServiceNamed, "packet")
+        self.assertIsNone(node.report.packets)
+
+
+class FakeSocket:
+    """recv_into from a list of frames (BlockingIOError when empty); send recorded."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = list(frames)
+        self.sent: list[bytes] = []
+
+    def fileno(self) -> int:
+        return -1
+
+    def recv_into(self, buffer: bytearray) -> int:
+        if not self.frames:
+            raise BlockingIOError
+        frame = self.frames.pop(0)
+        buffer[: len(frame)] = frame
+        return len(frame)
+
+    def send(self, data: Any) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+
+class ReaderTests(SynchronousTestCase):
+    """The frame readers hand each frame to the router and send it where it says, with
+    the virtio-net header it came with; a batch is bounded."""
+
+    def setUp(self) -> None:
+        from tests.test_frames import MACS as FRAME_MACS
+        from tests.test_frames import TAP_MAC, ether, ipv4, syn
+
+        self.nodes = NodeStatusTable(
+            NodeState(n, FRAME_MACS[n], f"10.77.0.{10 + n}") for n in (1, 2)
+        )
+        for row in self.nodes:
+            row.enabled = row.number == 2  # everything goes to node 2
+        table = ClientTable(61, self.nodes, idle_timeout=60.0)
+        self.router = FrameRouter(
+            table, "10.77.0.100", 1, FRAME_MACS[1], FRAME_MACS, local_mac=TAP_MAC
+        )
+        self.header = bytes(range(1, 11))  # a recognisable virtio-net header
+        self.frames = [self.header + bytes(syn(sport=p)) for p in range(5)]
+        self.junk = self.header + bytes(ether(ipv4(proto=17, payload=bytes(8))))
+        self.macs = FRAME_MACS
+
+    def test_recv_into_reader(self) -> None:
+        from dlba.packet.rawio import FrameReader
+
+        sock = FakeSocket([*self.frames, self.junk])
+        reader = FrameReader(sock, -1, self.router, lambda: 5.0, batch=4)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(len(sock.sent), 4)  # one batch
+        reader.doRead()
+        self.assertEqual(len(sock.sent), 5)
+        for sent in sock.sent:
+            self.assertEqual(sent[:10], self.header)
+            self.assertEqual(sent[10:16], mac_bytes(self.macs[2]))
+            self.assertEqual(sent[16:22], mac_bytes(self.macs[1]))
+        self.assertEqual(self.router.counters.dropped["not_tcp"], 1)
+        self.assertEqual(self.router.counters.forwarded, {2: 5})
+
+    def test_ring_reader(self) -> None:
+        import mmap
+        import struct
+
+        from dlba.packet.rawio import RING_FRAME, RingFrameReader
+
+        ring = mmap.mmap(-1, RING_FRAME * 4)
+        mac_offset = 80
+        for i, frame in enumerate([*self.frames[:3], self.junk]):
+            at = i * RING_FRAME
+            body = frame[10:]
+            struct.pack_into("=IIIH", ring, at, 1, len(body), len(body), mac_offset)
+            ring[at + mac_offset - 10 : at + mac_offset + len(body)] = frame
+        sock = FakeSocket([])
+        reader = RingFrameReader(sock, ring, -1, self.router, lambda: 5.0)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(len(sock.sent), 3)
+        self.assertTrue(all(s[:10] == self.header for s in sock.sent))
+        self.assertTrue(all(s[10:16] == mac_bytes(self.macs[2]) for s in sock.sent))
+        self.assertEqual(self.router.counters.dropped["not_tcp"], 1)
+        # every slot is the kernel's again, and the reader waits at the next one
+        self.assertEqual([ring[i * RING_FRAME] for i in range(4)], [0, 0, 0, 0])
+        self.assertEqual(reader.next, 0)  # four slots: wrapped round
+        reader.doRead()  # nothing new
+        self.assertEqual(len(sock.sent), 3)
+        reader.view.release()
+        ring.close()
