@@ -1,6 +1,6 @@
 """dlba-lab: the whole array on one machine, in network namespaces (needs root).
 
-    dlba-lab up [--nodes N] [--backends M] [--dir D] [--name NAME] [--wait-vip]
+    dlba-lab up [--nodes N] [--backends M] [--dir D] [--name NAME] [--no-wait-vip]
     dlba-lab status [--json]
     dlba-lab exec NAME -- CMD...        NAME: client, node1.., web1.., bridge
     dlba-lab kill NODE                  SIGKILL one node's twistd (failover demos)
@@ -72,9 +72,10 @@ def parser() -> argparse.ArgumentParser:
         help=f"seconds for everything to answer (default {ops.START_TIMEOUT:g})",
     )
     p.add_argument(
-        "--wait-vip",
-        action="store_true",
-        help="also wait until the VIP answers (needs the packet scheduler)",
+        "--no-wait-vip",
+        dest="wait_vip",
+        action="store_false",
+        help="do not wait until the VIP answers (the packet scheduler's forwarding)",
     )
 
     p = subs.add_parser(

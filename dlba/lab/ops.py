@@ -225,7 +225,7 @@ def _up(d: str, plan: Plan, timeout: float, wait_vip: bool, io: Output) -> int:
         f"up: {nodes} node(s), {backends} web server(s) in {d} (config {d}/{CONFIG_FILE})\n"
         f"  try:   dlba-lab exec{more} client -- curl --cacert {d}/{WEB_CA} "
         f"https://{first.ip}/\n"
-        f"  VIP:   {VIP} answers once the packet scheduler runs (up --wait-vip waits for it)\n"
+        f"  VIP:   dlba-lab exec{more} client -- curl --cacert {d}/{WEB_CA} https://{VIP}/\n"
         f"  see:   dlba-lab status{more}    stop: dlba-lab down{more}\n"
     )
     return 0
@@ -348,7 +348,7 @@ def wait_for_array(state: State, started: Started, timeout: float) -> None:
 
 def wait_for_vip(state: State, started: Started, timeout: float) -> None:
     """The VIP answers over HTTP and HTTPS: the packet scheduler delivers the client's
-    frames to some node.  Needs the packet scheduler (``up --wait-vip``)."""
+    frames to some node (``up`` waits for it unless ``--no-wait-vip``)."""
     urls = {f"http://{VIP}/": "the VIP", f"https://{VIP}/": "the VIP"}
     wait_until_answered(state, started, urls, timeout)
 

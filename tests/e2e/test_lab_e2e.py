@@ -199,14 +199,7 @@ class LabTests(TestCase):
         answers = await self.curl_all(["https://10.77.0.11/"])
         self.assertTrue(answers[0][1].startswith("backend "))
 
-        # wait_for_vip (up --wait-vip) waits until the VIP answers.  Until the packet
-        # scheduler makes it answer, stand in for it: the VIP as node1's second address
-        # (node1 then answers ARP for it; its listeners take every address).  Remove
-        # this stand-in once the packet scheduler runs in the lab.
-        result = await self.lab(
-            "exec", "node1", "--", "ip", "addr", "add", f"{VIP}/32", "dev", "eth0"
-        )
-        self.assertEqual(result.code, 0, result.text)
+        # The packet scheduler makes the VIP answer: the array, reached as clients reach it.
         state = ops.load_state(self.dir)
         assert state is not None
         ops.wait_for_vip(state, ops.Started(), 10.0)
