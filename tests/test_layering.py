@@ -42,6 +42,7 @@ PURE = frozenset(
         "dlba.sessions",
         "dlba.sweep",
         "dlba.tables",
+        "dlba.ticketkeys",
     }
 )
 PURE_PACKAGES = ("dlba.http",)
@@ -56,6 +57,7 @@ GLUE_PREFIXES = (
     "dlba.node",
     "dlba.tap",
     "dlba.tls",
+    "dlba.libssl",
     "dlba.demo",
     "dlba.logs",
     "dlba.ctl",
