@@ -191,6 +191,50 @@ def packet_service(node: NodeService, reactor: Any, *, scheduler_at_start: bool)
     return svc
 
 
+def ticket_key_service(node: NodeService, reactor: Any) -> Service:
+    """The array's session-ticket keys: the scheduler rotates and pushes, the rest merge."""
+    from dlba.array.ticketkeys import TicketKeyService
+
+    config = node.config
+    own = config.node.number
+    client = None
+    if config.listen.sync and config.array.nodes and config.tls.node_certificate:
+        from dlba.client import ArrayClient
+
+        client = ArrayClient(config, reactor, certificate=config.tls.node_certificate, timeout=2)
+
+    def is_scheduler() -> bool:
+        if node.ticket_keys is None:
+            return False
+        if node.failover is not None:
+            return bool(node.failover.election.scheduler == own)
+        return scheduler_of(node.config) == own
+
+    def peers() -> list[int]:
+        return [n.number for n in node.config.array.nodes if n.number != own]
+
+    def merge(data: bytes) -> str:
+        if node.ticket_keys is None:
+            raise ValueError("this node's HTTPS listener keeps no ticket keys")
+        node.ticket_keys.merge(data)
+        return str(node.ticket_keys.ring.generation)
+
+    if node.control is not None:
+        node.control.ticket_keys = merge
+
+    class _Keys:
+        # The ring the node holds now: a reload that gives a node its first HTTPS
+        # listener also gives it its first ring.
+        def rotate(self) -> bool:
+            return bool(node.ticket_keys.rotate())
+
+        @property
+        def ring(self) -> Any:
+            return node.ticket_keys.ring
+
+    return TicketKeyService(_Keys(), is_scheduler, peers, client, reactor)
+
+
 class CatchingUpService(StreamServerEndpointService):
     """The sync listener; once the reactor runs, it asks the peers for a newer config."""
 
@@ -229,6 +273,7 @@ class NodeService(MultiService):
         self.control: Any = None  # the ControlPlane, when [listen] sync is set
         self.failover: Any = None  # the FailoverService, when the election runs
         self.tls_context: Any = None  # the https listener's ServerTLSContextFactory
+        self.ticket_keys: Any = None  # its TicketKeys, the same ring across reloads
         # Reads the config file again as at start (--node, --state-dir): SIGHUP's source.
         self.reread: Callable[[], Config] | None = None
 
@@ -377,7 +422,11 @@ class NodeService(MultiService):
         paths = config.tls.certificates
         if self.tls_context is not None and same_sources(self.tls_context.certificates, paths):
             return None
-        return Certificates(paths)
+        if self.ticket_keys is None:
+            from dlba.tls import TicketKeys
+
+            self.ticket_keys = TicketKeys(self.reactor)
+        return Certificates(paths, self.ticket_keys)
 
     def _reload_array(self, old: Config, new: Config, proxy: ProxyService | None) -> None:
         """The report, the node status table's static columns and the sweep's settings."""
@@ -479,6 +528,8 @@ def make_node_service(
 
     node = NodeService(config, reactor, json_log)
     node.tls_context = tls_context
+    if tls_context is not None:
+        node.ticket_keys = tls_context.certificates.ticket_keys
     table = backend_table(config)
     ip = config.node_ip()
     listen = {
@@ -569,6 +620,8 @@ def make_node_service(
         sync_service(node, proxy, reactor).setServiceParent(node)
     if failover:
         failover_service(node, reactor).setServiceParent(node)
+    if config.listen.https:
+        ticket_key_service(node, reactor).setServiceParent(node)
     for name, endpoint, factory in extra:
         svc = strports.service(endpoint, factory, reactor=reactor)
         svc.setName(name)

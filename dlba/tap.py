@@ -105,10 +105,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ]
     tls_context = None
     if config.listen.https:
-        from dlba.tls import ServerTLSContextFactory
+        from dlba.tls import ServerTLSContextFactory, TicketKeys
 
         try:
-            tls_context = ServerTLSContextFactory(config.tls.certificates)
+            # One ring of ticket keys for the process, kept across reloads.
+            tls_context = ServerTLSContextFactory(config.tls.certificates, TicketKeys(reactor))
         except ConfigError as e:
             _fail(str(e))
     json_log = None

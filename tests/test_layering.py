@@ -44,6 +44,7 @@ PURE = frozenset(
         "dlba.sessions",
         "dlba.sweep",
         "dlba.tables",
+        "dlba.ticketkeys",
     }
 )
 PURE_PACKAGES = ("dlba.http",)
@@ -58,6 +59,7 @@ GLUE_PREFIXES = (
     "dlba.node",
     "dlba.tap",
     "dlba.tls",
+    "dlba.libssl",
     "dlba.demo",
     "dlba.logs",
     "dlba.ctl",

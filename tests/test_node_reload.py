@@ -354,7 +354,7 @@ class TLSTests(NodeCase):
         tls = node.tls_context
         svc = node._listener("https")
         port = self.port_of(node, "https")
-        old_context = tls.getContext()
+        old_context = tls.certificates.default
         cert_b = self.cert("b.pem", "b.example")
         done = node.reload(self.config(cert=cert_b))
         self.assertEqual(done, ["tls.certificates: new certificates for new connections"])
@@ -362,18 +362,18 @@ class TLSTests(NodeCase):
         self.assertIs(node._listener("https"), svc)
         self.assertIs(self.port_of(node, "https"), port)
         self.assertTrue(tls.certificate_for(None).endswith("b.pem"))
-        self.assertIsNot(tls.getContext(), old_context)
+        self.assertIsNot(tls.certificates.default, old_context)
 
     def test_a_renewed_file_at_the_same_path_is_read_again(self) -> None:
         node = self.start(self.config())
-        before = node.tls_context.getContext()
+        before = node.tls_context.certificates.default
         self.assertEqual(node.reload(self.config()), [])
-        self.assertIs(node.tls_context.getContext(), before)  # the same bytes: kept
+        self.assertIs(node.tls_context.certificates.default, before)  # the same bytes: kept
         with open(self.cert_a, "wb") as f:
             f.write(make_cert(["a.example", "www.a.example"]))
         done = node.reload(self.config())
         self.assertEqual(done, ["tls.certificates: a file changed: new certificates"])
-        self.assertIsNot(node.tls_context.getContext(), before)
+        self.assertIsNot(node.tls_context.certificates.default, before)
 
     def test_hsts_for_new_answers(self) -> None:
         node = self.start(self.config())

@@ -62,6 +62,10 @@ class Handler:
         self.told.append(("node", node, state))
         return state
 
+    def set_ticket_keys(self, keys: bytes) -> str:
+        self.told.append(("keys", len(keys)))
+        return "g1"
+
 
 class Certificates:
     def __init__(self) -> None:
@@ -363,6 +367,17 @@ class SyncOverIOSimTests(SynchronousTestCase):
         failure = self.call(client, pump, c.PushConfig, text="bad", serial=1)
         self.assertTrue(failure.check(c.ConfigRefused), failure)
         self.assertIn("limits.x", str(failure.value))
+
+    def test_ticket_keys_come_from_nodes_only(self) -> None:
+        _, client, pump, handler = self.pair("node2")
+        answer = self.call(client, pump, c.SetTicketKeys, keys=b"k" * 208)
+        self.assertEqual(answer, {"generation": "g1"})
+        self.assertIn(("keys", 208), handler.told)
+        _, client, pump, handler = self.pair("admin")
+        failure = self.call(client, pump, c.SetTicketKeys, keys=b"k" * 208)
+        self.assertTrue(failure.check(c.NotAllowed), failure)
+        self.assertIn("scheduler's node certificate", str(failure.value))
+        self.assertEqual(handler.told, [])
 
     def test_nothing_before_the_handshake(self) -> None:
         _, client, pump, handler = self.pair(None)

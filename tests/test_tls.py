@@ -17,24 +17,24 @@ from typing import cast
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
     IListeningPort,
-    IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
     IReactorProcess,
     IReactorTime,
     ITransport,
 )
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from dlba.certs import ensure_self_signed, make_ca, make_cert
 from dlba.errors import ConfigError
-from dlba.tls import ServerTLSContextFactory, wrap_tls
+from dlba.tls import ServerTLSContextFactory, TicketKeys, wrap_tls
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -186,16 +186,12 @@ class _ServerTestCase(TestCase):
         self.ca_path = self.write("ca.pem", split_pem(self.ca)[1])
 
     def listen(
-        self, certificates: Sequence[str], listen_ssl: bool = False
+        self, certificates: Sequence[str], ticket_keys: TicketKeys | None = None
     ) -> ServerTLSContextFactory:
-        tls = ServerTLSContextFactory(certificates)
+        tls = ServerTLSContextFactory(certificates, ticket_keys)
         answers = _AnswerFactory()
-        if listen_ssl:
-            # The other way in: reactor.listenSSL with the factory as its context factory.
-            listening = SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1").listen(answers)
-        else:
-            endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-            listening = endpoint.listen(wrap_tls(answers, tls))
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        listening = endpoint.listen(wrap_tls(answers, tls))
         # listen() on TCP has already fired; a failure to bind surfaces here.
         port: IListeningPort = self.successResultOf(listening)
         # LIFO: stop accepting first, then wait out the connections left.
@@ -259,17 +255,6 @@ class ProtocolVersionTests(_ServerTestCase):
 
     async def test_curl_verifies_the_chain(self) -> None:
         result = await self.curl("a.example")
-        self.assertEqual((result.code, result.out), (0, "ok\n1.1"), result.text)
-
-
-class ListenSSLTests(_ServerTestCase):
-    async def test_listen_ssl(self) -> None:
-        sni = [
-            self.write("a.pem", make_cert(["a.example"], ca=self.ca)),
-            self.write("b.pem", make_cert(["b.example"], ca=self.ca)),
-        ]
-        verifyObject(IOpenSSLContextFactory, self.listen(sni, listen_ssl=True))
-        result = await self.curl("b.example")
         self.assertEqual((result.code, result.out), (0, "ok\n1.1"), result.text)
 
 
@@ -388,6 +373,80 @@ class ResumptionTests(_ServerTestCase):
         for version, args in cases:
             first = await self.assertResumes(version, *args, "-servername", "b.example")
             self.assertEqual(subject_cn(first.text), "b.example", first.text)
+
+
+class ArrayTicketTests(_ServerTestCase):
+    """Two listeners as two nodes: with the array's ring, a session sealed on one resumes
+    on the other; across a rotation old tickets still open; with rings of their own, not."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.pem = self.write("a.pem", make_cert(["a.example"], ca=self.ca))
+
+    def node(self, keys: TicketKeys) -> int:
+        self.listen([self.pem], keys)
+        return self.port
+
+    async def resume(self, first_port: int, second_port: int, *args: str) -> ProcessResult:
+        session = os.path.join(scratch_dir(self), f"s{first_port}-{second_port}.pem")
+        self.port = first_port
+        first = await self.s_client(*args, "-sess_out", session)
+        self.assertIn("New, TLSv1", first.text)
+        self.assertTrue(os.path.exists(session), first.text)
+        self.port = second_port
+        return await self.s_client(*args, "-sess_in", session)
+
+    def shared(self) -> tuple[TicketKeys, TicketKeys]:
+        scheduler, other = TicketKeys(self.clock), TicketKeys(self.clock)
+        self.assertTrue(scheduler.rotate())
+        other.merge(scheduler.ring.to_bytes())
+        self.assertEqual(other.ring.generation, scheduler.ring.generation)
+        return scheduler, other
+
+    async def test_a_session_resumes_on_another_node(self) -> None:
+        scheduler, other = self.shared()
+        a, b = self.node(scheduler), self.node(other)
+        for args in (["-tls1_3"], ["-tls1_2"]):
+            second = await self.resume(a, b, *args)
+            self.assertIn("Reused, TLSv1", second.text)
+        self.assertGreaterEqual(other.counters()["tickets_opened"], 2)
+
+    async def test_old_tickets_open_after_a_rotation(self) -> None:
+        scheduler, other = self.shared()
+        a, b = self.node(scheduler), self.node(other)
+        session = os.path.join(scratch_dir(self), "rotated.pem")
+        self.port = a
+        await self.s_client("-tls1_3", "-sess_out", session)
+        sealed_with = scheduler.ring.sealing(self.clock.seconds())
+        self.clock.advance(scheduler.ring.rotation + 1)  # the next key seals now
+        scheduler.rotate()
+        other.merge(scheduler.ring.to_bytes())
+        self.assertIsNot(scheduler.ring.sealing(self.clock.seconds()), sealed_with)
+        self.port = b
+        second = await self.s_client("-tls1_3", "-sess_in", session)
+        self.assertIn("Reused, TLSv1.3", second.text)
+        # Past the ticket lifetime after its key stopped sealing, the key is gone.
+        self.clock.advance(scheduler.ring.lifetime + 1)
+        scheduler.rotate()
+        self.assertIsNone(other.opening_key(sealed_with.name))  # type: ignore[union-attr]
+
+    async def test_rings_of_their_own_do_not_resume(self) -> None:
+        one, two = TicketKeys(self.clock), TicketKeys(self.clock)
+        one.rotate()
+        two.rotate()
+        second = await self.resume(self.node(one), self.node(two), "-tls1_3")
+        self.assertIn("New, TLSv1.3", second.text)
+        self.assertEqual(two.counters()["tickets_unknown"], 1)
+
+    async def test_a_node_without_keys_seals_no_ticket(self) -> None:
+        empty = TicketKeys(self.clock)  # not pushed yet: it must not seal a ticket of its own
+        self.port = self.node(empty)
+        session = os.path.join(scratch_dir(self), "none.pem")
+        result = await self.s_client("-tls1_2", "-sess_out", session)
+        self.assertNotIn("TLS session ticket:", result.text)
+        self.assertEqual(empty.counters()["tickets_sealed"], 0)
 
 
 class RefusalTests(SynchronousTestCase):

@@ -178,6 +178,15 @@ class SetNodeState(amp.Command):
 
 # Who may ask what: dlba-ctl (the ``admin`` certificate) may ask everything; a node only
 # what nodes ask each other.
+class SetTicketKeys(amp.Command):
+    """The scheduler's TLS session-ticket keys (``TicketKeyRing.to_bytes``), merged by the
+    receiver; answers with the generation it holds after.  Node certificates only."""
+
+    arguments = [(b"keys", BigBytes())]
+    response = [(b"generation", amp.Unicode())]
+    errors = ERRORS
+
+
 NODE_COMMANDS: frozenset[type[amp.Command]] = frozenset(
-    {Ping, WhoIsScheduler, GetClientTable, GetConfig, GetStatus}
+    {Ping, WhoIsScheduler, GetClientTable, GetConfig, GetStatus, SetTicketKeys}
 )

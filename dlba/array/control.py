@@ -95,6 +95,9 @@ class ControlPlane:
         self.heard_ping = ping
         self.table = client_table
         self._staged: tuple[str, Config, str, int] | None = None  # digest, config, text, serial
+        # Merges the scheduler's session-ticket keys, answers the generation held after;
+        # None: no HTTPS listener here (set by the node).
+        self.ticket_keys: Callable[[bytes], str] | None = None
 
     @property
     def number(self) -> int:
@@ -113,6 +116,14 @@ class ControlPlane:
         if self.table is None:
             raise c.UnknownTarget(f"node {self.number} holds no client table yet")
         return self.table(since_version, table_id)
+
+    def set_ticket_keys(self, keys: bytes) -> str:
+        if self.ticket_keys is None:
+            raise c.UnknownTarget(f"node {self.number} serves no HTTPS: it keeps no ticket keys")
+        try:
+            return self.ticket_keys(keys)
+        except ValueError as e:
+            raise c.BadState(f"node {self.number}: {e}") from None
 
     # -- config -------------------------------------------------------------------------
 

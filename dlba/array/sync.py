@@ -36,6 +36,7 @@ class SyncHandler(Protocol):
     def status(self) -> bytes: ...
     def set_backend_state(self, pool: str, backend: int, state: str, grace: float) -> str: ...
     def set_node_state(self, node: int, state: str) -> str: ...
+    def set_ticket_keys(self, keys: bytes) -> str: ...
 
 
 def _peer(transport: Any) -> str:
@@ -136,6 +137,14 @@ class SyncProtocol(amp.AMP):
     def set_node_state(self, node: int, state: str) -> dict[str, str]:
         self._allowed(c.SetNodeState)
         return {"state": self.handler.set_node_state(node, state)}
+
+    @c.SetTicketKeys.responder
+    def set_ticket_keys(self, keys: bytes) -> dict[str, str]:
+        self._allowed(c.SetTicketKeys)
+        if self.peer_identity == ADMIN:
+            # Only the scheduler makes ticket keys; dlba-ctl has no business with them.
+            raise c.NotAllowed("ticket keys come from the scheduler's node certificate")
+        return {"generation": self.handler.set_ticket_keys(keys)}
 
 
 class SyncFactory(Factory):
