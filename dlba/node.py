@@ -204,8 +204,6 @@ def ticket_key_service(node: NodeService, reactor: Any) -> Service:
         client = ArrayClient(config, reactor, certificate=config.tls.node_certificate, timeout=2)
 
     def is_scheduler() -> bool:
-        if node.ticket_keys is None:
-            return False
         if node.failover is not None:
             return bool(node.failover.election.scheduler == own)
         return scheduler_of(node.config) == own
@@ -222,17 +220,9 @@ def ticket_key_service(node: NodeService, reactor: Any) -> Service:
     if node.control is not None:
         node.control.ticket_keys = merge
 
-    class _Keys:
-        # The ring the node holds now: a reload that gives a node its first HTTPS
-        # listener also gives it its first ring.
-        def rotate(self) -> bool:
-            return bool(node.ticket_keys.rotate())
-
-        @property
-        def ring(self) -> Any:
-            return node.ticket_keys.ring
-
-    return TicketKeyService(_Keys(), is_scheduler, peers, client, reactor)
+    # Asked each round: a reload that gives a node its first HTTPS listener gives it its
+    # first ring too.
+    return TicketKeyService(lambda: node.ticket_keys, is_scheduler, peers, client, reactor)
 
 
 class CatchingUpService(StreamServerEndpointService):

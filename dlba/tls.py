@@ -243,9 +243,16 @@ class ServerTLSContextFactory:
         return self.certificates.certificate_for(server_name)
 
 
-def _ssl_error(e: ssl.SSLError) -> SSL.Error:
-    # TLSMemoryBIOProtocol reads an error queue of (library, function, reason), and
-    # takes a reason starting "unexpected eof" for a connection lost.
+def _pyopenssl_error(e: ssl.SSLError) -> SSL.Error:
+    """The pyOpenSSL exception TLSMemoryBIOProtocol expects for an ``ssl`` one."""
+    if isinstance(e, ssl.SSLWantReadError):
+        return SSL.WantReadError()
+    if isinstance(e, ssl.SSLZeroReturnError):
+        return SSL.ZeroReturnError()
+    if isinstance(e, ssl.SSLEOFError):
+        return SSL.SysCallError(-1, "Unexpected EOF")
+    # An error queue of (library, function, reason); a reason starting "unexpected eof"
+    # is taken for a connection lost.
     reason = e.reason or str(e)
     return SSL.Error([(e.library or "SSL routines", "", reason.lower().replace("_", " "))])
 
@@ -274,12 +281,8 @@ class _TLSConnection:
     def do_handshake(self) -> None:
         try:
             self._tls.do_handshake()
-        except ssl.SSLWantReadError:
-            raise SSL.WantReadError() from None
-        except ssl.SSLEOFError:
-            raise SSL.SysCallError(-1, "Unexpected EOF") from None
         except ssl.SSLError as e:
-            raise _ssl_error(e) from None
+            raise _pyopenssl_error(e) from None
 
     def bio_write(self, data: bytes) -> int:
         return self._incoming.write(data)
@@ -296,14 +299,8 @@ class _TLSConnection:
     def recv(self, size: int) -> bytes:
         try:
             data = self._tls.read(size)
-        except ssl.SSLWantReadError:
-            raise SSL.WantReadError() from None
-        except ssl.SSLZeroReturnError:
-            raise SSL.ZeroReturnError() from None
-        except ssl.SSLEOFError:
-            raise SSL.SysCallError(-1, "Unexpected EOF") from None
         except ssl.SSLError as e:
-            raise _ssl_error(e) from None
+            raise _pyopenssl_error(e) from None
         if not data:
             # ssl reports a ragged end (EOF with no close_notify) as b"", where pyOpenSSL
             # raises: TLSMemoryBIOProtocol would read the nothing again, forever.
@@ -313,10 +310,8 @@ class _TLSConnection:
     def send(self, data: bytes) -> int:
         try:
             return self._tls.write(data)
-        except ssl.SSLWantReadError:
-            raise SSL.WantReadError() from None
         except ssl.SSLError as e:
-            raise _ssl_error(e) from None
+            raise _pyopenssl_error(e) from None
 
     def shutdown(self) -> bool:
         """Send close_notify; True once the peer's has come too (as pyOpenSSL)."""
@@ -325,7 +320,7 @@ class _TLSConnection:
         except ssl.SSLWantReadError:
             return False  # ours is in the outgoing BIO; theirs has not come yet
         except ssl.SSLError as e:
-            raise _ssl_error(e) from None
+            raise _pyopenssl_error(e) from None
         return True
 
     def get_peer_certificate(self) -> None:

@@ -30,7 +30,7 @@ class TicketKeyService(Service):
 
     def __init__(
         self,
-        keys: Any,  # dlba.tls.TicketKeys
+        keys: Callable[[], Any],  # the node's dlba.tls.TicketKeys now, or None
         is_scheduler: Callable[[], bool],
         peers: Callable[[], Iterable[int]],
         client: Any,  # dlba.client.ArrayClient, or None: a node alone
@@ -65,17 +65,18 @@ class TicketKeyService(Service):
         return None
 
     def round(self) -> None:
-        if not self.is_scheduler():
+        keys = self.keys()
+        if keys is None or not self.is_scheduler():
             return
-        if self.keys.rotate():
+        if keys.rotate():
             log.info(
                 "session ticket keys rotated: {count} keys, generation {generation}",
-                count=len(self.keys.ring),
-                generation=self.keys.ring.generation,
+                count=len(keys.ring),
+                generation=keys.ring.generation,
             )
         if self.client is None:
             return
-        ring = self.keys.ring.to_bytes()
+        ring = keys.ring.to_bytes()
         for node in self.peers():
             self._push(node, ring)
 
