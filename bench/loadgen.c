@@ -37,6 +37,7 @@
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -779,6 +780,16 @@ static int run_tlsnew(void) {
 
 /* ---------- main ---------- */
 
+/* Whether this process runs in a network namespace other than its parent's (ip netns exec
+ * setns()es and execs us; PID 1's namespace may not be readable in a container). */
+static int in_own_netns(void) {
+    char path[64];
+    struct stat mine, parent;
+    snprintf(path, sizeof path, "/proc/%d/ns/net", (int)getppid());
+    if (stat("/proc/self/ns/net", &mine) != 0 || stat(path, &parent) != 0) return 0;
+    return mine.st_ino != parent.st_ino || mine.st_dev != parent.st_dev;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen rate   -p PORT [-h HOST] [-u PATH] [-r RATE] [-c CONNS] [-d SECS] [-w SECS] [-T SECS] [-s] [-V 1.2|1.3]\n"
@@ -813,8 +824,11 @@ int main(int argc, char **argv) {
     server_addr.sin_family = AF_INET;
     server_addr.sin_port = htons((uint16_t)opt_port);
     if (inet_pton(AF_INET, opt_host, &server_addr.sin_addr) != 1) die("-h must be an IPv4 address");
-    /* loopback only: this tool is for benchmarks on this machine */
-    if ((ntohl(server_addr.sin_addr.s_addr) >> 24) != 127) die("-h must be in 127.0.0.0/8");
+    /* Loopback only, or the dlba-lab subnet 10.77.0.0/24 when run inside a network
+     * namespace of its own (dlba-lab exec client): never the machine's real networks. */
+    uint32_t host_ip = ntohl(server_addr.sin_addr.s_addr);
+    if ((host_ip >> 24) != 127 && !((host_ip >> 8) == 0x0a4d00 && in_own_netns()))
+        die("-h must be in 127.0.0.0/8 (or 10.77.0.0/24 inside a lab namespace)");
     int close_conn = strcmp(mode, "tlsnew") == 0;
     request_len = (size_t)snprintf(request, sizeof request,
                                    "GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: dlba-loadgen\r\n%s\r\n",
