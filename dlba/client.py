@@ -28,7 +28,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.endpoints import connectProtocol as _connect
 from twisted.internet.protocol import connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -75,7 +74,7 @@ class PushResult:
     serials: dict[int, int] = field(default_factory=dict)  # node → serial now committed
 
 
-class _Connection(amp.AMP):
+class _Connection(c.QuietAMP):
     """An AMP connection that says when it is gone."""
 
     def __init__(self) -> None:
@@ -132,7 +131,9 @@ class ArrayClient:
         endpoint = wrapClientTLS(
             options, HostnameEndpoint(self.reactor, node.ip, self.port, timeout=self.timeout)
         )
-        d: Deferred[_Connection] = _connect(endpoint, _Connection())
+        d: Deferred[_Connection] = endpoint.connect(  # type: ignore[assignment]
+            c.OneConnectionFactory(_Connection())
+        )
         d.addTimeout(self.timeout, self.reactor)
         try:
             proto = await d

@@ -6,10 +6,16 @@ import os
 import tempfile
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
+from dlba.config import LimitsSection
+from dlba.policy import make_policy
 from dlba.proxy.accesslog import AccessLog, escape
+from dlba.proxy.core import ACCESS_LOG_FLUSH, ProxyCore
 from dlba.proxy.deadlines import NEVER, DeadlineSweeper, body_deadline
+from dlba.routing import Pool, Router
+from dlba.tables import BackendState, BackendStatusTable
 
 
 class Watched:
@@ -62,6 +68,26 @@ class AccessLogTests(SynchronousTestCase):
         )
         self.assertTrue(lines[1].endswith(b'"-" 400 - "-" "-"'))
         self.assertEqual(escape(b"plain"), b"plain")
+
+    def test_the_proxy_writes_its_lines_within_a_second(self) -> None:
+        # A quiet node's lines must reach the file while someone tails it, not at 64 KiB.
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "access.log")
+        self.addCleanup(os.rmdir, d)
+        self.addCleanup(os.unlink, path)
+        log = AccessLog(path)
+        self.addCleanup(log.close)
+        clock = Clock()
+        table = BackendStatusTable([BackendState(1, "127.0.0.1", 9001)])
+        pool = Pool("p", list(table), make_policy("round-robin"))
+        core = ProxyCore(Router([pool]), table, LimitsSection(), MemoryReactor(), clock, log)
+        core.start()
+        log.log(clock.seconds(), "192.0.2.1", b"GET / HTTP/1.1", 200, 2, None, None)
+        self.assertEqual(os.path.getsize(path), 0)
+        clock.advance(ACCESS_LOG_FLUSH)
+        self.assertGreater(os.path.getsize(path), 0)
+        core.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class BodyDeadlineTests(SynchronousTestCase):

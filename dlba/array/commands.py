@@ -12,7 +12,13 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
+from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+_log = Logger()
 
 # Bucket changes travel packed: (bucket, node) as two little-endian int32 each.
 PAIR = "<ii"
@@ -24,6 +30,34 @@ def pack_buckets(buckets: Iterable[tuple[int, int]]) -> bytes:
 
 def unpack_buckets(data: bytes) -> dict[int, int]:
     return dict(struct.iter_unpack(PAIR, data))
+
+
+class QuietAMP(amp.AMP):
+    """AMP whose connections are logged at debug, not info: an array opens and closes them
+    all day (peers, pings, dlba-ctl), and Twisted's two info lines each drown the log."""
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self._transportPeer = transport.getPeer()  # type: ignore[attr-defined]
+        self._transportHost = transport.getHost()  # type: ignore[attr-defined]
+        _log.debug("AMP connection from {peer}", peer=self._transportPeer)
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        _log.debug("AMP connection to {peer} lost", peer=self._transportPeer)
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None  # type: ignore[assignment]
+
+
+class OneConnectionFactory(Factory):
+    """``connectProtocol``'s factory without its "Starting factory" lines."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self.protocol_instance
 
 
 class BigBytes(amp.Argument):

@@ -48,7 +48,7 @@ def _peer(transport: Any) -> str:
 
 
 @implementer(IHandshakeListener)
-class SyncProtocol(amp.AMP):
+class SyncProtocol(c.QuietAMP):
     """One control-plane connection, from a peer node or from dlba-ctl."""
 
     def __init__(self, handler: SyncHandler, nodes: Callable[[], Iterable[int]]) -> None:

@@ -35,7 +35,7 @@ def escape(value: bytes) -> bytes:
 
 
 class AccessLog:
-    """Buffered appends; ``flush`` is called from the proxy's periodic tick and at stop."""
+    """Buffered appends; the proxy flushes them once a second and at stop."""
 
     def __init__(self, path: str) -> None:
         self.path = path

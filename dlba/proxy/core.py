@@ -6,6 +6,7 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.task import LoopingCall
 
 from dlba.config import LimitsSection
 from dlba.http.request import Request
@@ -15,6 +16,8 @@ from dlba.proxy.deadlines import DeadlineSweeper
 from dlba.proxy.dispatch import SlotDispatcher
 from dlba.routing import Router
 from dlba.tables import BackendState, BackendStatusTable
+
+ACCESS_LOG_FLUSH = 1.0  # seconds between writes of the access log's buffer
 
 
 class ClientConnection(Protocol):
@@ -56,6 +59,10 @@ class ProxyCore:
         self.rejected = 0  # requests refused for what the client sent
         self.connections_total = 0  # client connections accepted since start
         self._all_closed: list[Deferred[None]] = []
+        # Written in 64 KiB blocks, so a quiet node's lines would wait for minutes; once a
+        # second is what a person tailing the log expects (nginx's ``flush=1s``).
+        self._log_flusher = LoopingCall(self._flush_access_log)
+        self._log_flusher.clock = clock
 
     @property
     def refused_connections(self) -> int:
@@ -157,10 +164,18 @@ class ProxyCore:
     def start(self) -> None:
         self.sweeper.start()
         self.dispatch.start()
+        if not self._log_flusher.running:
+            self._log_flusher.start(ACCESS_LOG_FLUSH, now=False)
+
+    def _flush_access_log(self) -> None:
+        if self.access_log is not None:
+            self.access_log.flush()
 
     def stop(self) -> None:
         self.sweeper.stop()
         self.dispatch.stop()
+        if self._log_flusher.running:
+            self._log_flusher.stop()
         for pool in self.upstreams.values():
             pool.close_idle()
         if self.access_log is not None:
