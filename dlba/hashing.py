@@ -4,7 +4,8 @@ Pure: no reactor, no sockets opened, no time.
 
 - `stable_hash64`: a 64-bit hash that is the same on every machine and every run, never
   Python's salted `hash()`.
-- `bucket_of`: the client-table bucket of a (client IP, client port) pair (§4).
+- `bucket_of`: the client-table bucket of a (client IP, client port) pair (§4), by the
+  kernel's jhash so nftables computes the same bucket (issue 13).
 - `url_key`: what the `url-hash` policy hashes: the path, or the path and query.
 - `MaglevTable`: weighted Maglev consistent hashing (Eisenbud et al., NSDI 2016).  A lookup
   is one hash and one index (O(1)); the table is rebuilt when the set of back ends changes.
@@ -31,6 +32,8 @@ from collections import Counter
 from collections.abc import Container, Iterable, Iterator
 from hashlib import blake2b
 from itertools import chain, compress, cycle, islice
+
+from dlba.jhash import ARRAY_SEED, jhash, jhash_ip_port, reciprocal_scale
 
 __all__ = [
     "MAX_WEIGHT_SIZE",
@@ -111,23 +114,26 @@ def bucket_of(ip: str | bytes, port: int, size: int) -> int:
 
     `ip` is text ("192.0.2.1", "2001:db8::1", "[2001:db8::1]", "fe80::1%eth0") or packed
     bytes (4 or 16).  An IPv4-mapped IPv6 address ("::ffff:192.0.2.1") is the IPv4 address,
-    so a dual-stack socket and an IPv4 socket agree.  The hash is `stable_hash64` of the
-    packed address followed by the port as two big-endian bytes, so every node and every
-    run agree; the 64-bit value taken modulo a table size of at most a few million is
-    uniform to within 1e-12.
+    so a dual-stack socket and an IPv4 socket agree.  The hash is the kernel's: what
+    nftables' ``jhash ip saddr . tcp sport mod size seed ARRAY_SEED`` computes (`dlba.jhash`),
+    so the scheduler's kernel fast path and this agree on every frame; IPv6 the same way
+    over ``ip6 saddr . tcp sport`` (20 bytes).
     """
     if size < 1:
         raise ValueError(f"table size must be at least 1, not {size}")
     if not 0 <= port <= 0xFFFF:
         raise ValueError(f"port must be 0 to 65535, not {port}")
-    return stable_hash64(_packed_ip(ip) + port.to_bytes(2, "big")) % size
+    packed = _packed_ip(ip)
+    wire = port.to_bytes(2, "big")
+    if len(packed) == 4:
+        return reciprocal_scale(jhash_ip_port(packed, wire), size)
+    return reciprocal_scale(jhash(packed + wire + b"\0\0", ARRAY_SEED), size)
 
 
 def bucket_of_wire(ip: bytes, port: bytes, size: int) -> int:
-    """`bucket_of` for the bytes as a frame carries them: the packed address and the port's
-    two big-endian bytes, unchecked.  The packet scheduler's per-frame path, so the hash
-    lives in one place when it changes (issue 13's jhash)."""
-    return int.from_bytes(blake2b(ip + port, digest_size=8).digest(), "little") % size
+    """`bucket_of` for the bytes as an IPv4 frame carries them: the packed address and the
+    port's two big-endian bytes, unchecked.  The packet scheduler's per-frame path."""
+    return (jhash_ip_port(ip, port) * size) >> 32
 
 
 # ---------------------------------------------------------------------------------------

@@ -156,11 +156,12 @@ class StableHashTests(SynchronousTestCase):
 
 class BucketTests(SynchronousTestCase):
     def test_known_answers(self) -> None:
-        self.assertEqual(bucket_of("192.0.2.1", 40000, 65521), 12022)
-        self.assertEqual(bucket_of("2001:db8::1", 443, 65521), 44761)
-        self.assertEqual(bucket_of("10.0.0.1", 1, 4093), 963)
-        self.assertEqual(bucket_of("::1", 65535, 4093), 3983)
-        self.assertEqual(bucket_of("198.51.100.7", 0, 1000003), 397716)
+        # The kernel's jhash (tests/test_jhash.py checks it against Linux's own answers).
+        self.assertEqual(bucket_of("192.0.2.1", 40000, 65521), 55955)
+        self.assertEqual(bucket_of("2001:db8::1", 443, 65521), 21034)
+        self.assertEqual(bucket_of("10.0.0.1", 1, 4093), 121)
+        self.assertEqual(bucket_of("::1", 65535, 4093), 431)
+        self.assertEqual(bucket_of("198.51.100.7", 0, 1000003), 3261)
 
     def test_forms_of_one_address_agree(self) -> None:
         v4 = bucket_of("192.0.2.1", 40000, 65521)

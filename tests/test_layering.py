@@ -32,6 +32,7 @@ PURE = frozenset(
         "dlba.frames",
         "dlba.hashing",
         "dlba.history",
+        "dlba.jhash",
         "dlba.interfaces",
         "dlba.labplan",
         "dlba.loading",
