@@ -33,6 +33,7 @@ PURE = frozenset(
         "dlba.hashing",
         "dlba.history",
         "dlba.jhash",
+        "dlba.kernelpath",
         "dlba.interfaces",
         "dlba.labplan",
         "dlba.loading",
