@@ -118,6 +118,12 @@ class ClientTable:
         """The sweep's other hook.  Nothing to do: a node that returns gets new and idle
         buckets as their frames come, never busy ones."""
 
+    def seen(self, bucket: int, at: float) -> None:
+        """A frame of ``bucket`` passed at ``at`` without `lookup` (the kernel fast path
+        forwarded it and kept the time); an earlier time than the one held changes nothing."""
+        if at > self._last[bucket]:
+            self._last[bucket] = at
+
     def touch_all(self, now: float) -> None:
         """Every bucket was just used (on failover: the old scheduler's last_access column
         was never synced, and every bucket may carry live connections)."""

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlba.clienttable import ClientTable
 from dlba.jhash import ARRAY_SEED
 
 FAMILY = "netdev"
@@ -258,4 +259,33 @@ def frames_by_node(found: Mapping[str, int], nodes: Iterable[int], own: int) -> 
     for n in sorted(nodes):
         name = LOCAL_CHAIN if n == own else node_chain(n)
         out[str(n)] = found.get(name, 0)
+    return out
+
+
+def absorb_activity(
+    table: ClientTable, active: Mapping[int, float], timeout: float, now: float
+) -> None:
+    """Give the client table the last access the kernel kept: a bucket in the ``active``
+    set with ``expires`` seconds left was last seen ``timeout - expires`` seconds ago."""
+    for bucket, expires in active.items():
+        if 0 <= bucket < table.size:
+            table.seen(bucket, now - max(0.0, timeout - expires))
+
+
+def wanted_map(table: ClientTable, now: float) -> dict[int, int]:
+    """The buckets the kernel may forward without asking: assigned to a node that is not
+    failed, and busy (a frame within the idle timeout).  An idle bucket is left out, so
+    its next frame is a miss and the client table places it again (a node that joined
+    gets it; a disabled node's buckets drain), exactly as on the Python path."""
+    out: dict[int, int] = {}
+    rows = {row.number: row for row in table.nodes}
+    limit = table.idle_timeout
+    for bucket, node in enumerate(table.owners()):
+        if node < 0:
+            continue
+        row = rows.get(node)
+        if row is None or row.failed:
+            continue
+        if now - table.last_access(bucket) <= limit:
+            out[bucket] = node
     return out

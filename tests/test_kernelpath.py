@@ -9,14 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from dlba.clienttable import ClientTable
 from dlba.jhash import ARRAY_SEED
 from dlba.kernelpath import (
     KernelMirror,
     KernelProgram,
+    absorb_activity,
     active_buckets,
     counters,
     frames_by_node,
+    wanted_map,
 )
+from dlba.tables import NodeState, NodeStatusTable
 
 NODES = {1: "02:00:0a:4d:00:0b", 2: "02:00:0a:4d:00:0c", 3: "02:00:0a:4d:00:0d"}
 PROGRAM = KernelProgram("10.77.0.100", "eth0", NODES[1], 1, NODES, 4093, 60.0)
@@ -112,3 +116,28 @@ class ListingTests(SynchronousTestCase):
         found = counters(table)
         self.assertEqual(found, {"misses": 4, "to_node2": 7, "local": 2})
         self.assertEqual(frames_by_node(found, [1, 2, 3], 1), {"1": 2, "2": 7, "3": 0})
+
+
+class WantedMapTests(SynchronousTestCase):
+    def table(self) -> tuple[ClientTable, NodeStatusTable]:
+        nodes = NodeStatusTable(NodeState(n, NODES[n], f"10.77.0.{10 + n}") for n in (1, 2, 3))
+        return ClientTable(16, nodes, idle_timeout=60.0), nodes
+
+    def test_only_busy_buckets_of_live_nodes(self) -> None:
+        table, nodes = self.table()
+        for b in range(6):
+            table.lookup(b, 100.0)  # placed, busy at t=100
+        placed = {b: table.node_of(b) for b in range(6)}
+        self.assertEqual(wanted_map(table, 120.0), placed)
+        # Past the idle timeout nothing is left for the kernel: each bucket's next frame
+        # comes to Python, which places it again.
+        self.assertEqual(wanted_map(table, 161.0), {})
+        # ... unless the kernel saw frames: 10 s left of a 60 s timeout = seen at 151.
+        absorb_activity(table, {0: 10.0, 1: 10.0}, 60.0, 201.0)
+        self.assertEqual(wanted_map(table, 201.0), {0: placed[0], 1: placed[1]})
+        self.assertEqual(table.last_access(0), 151.0)
+        absorb_activity(table, {0: 59.0}, 60.0, 140.0)  # older than what the table holds
+        self.assertEqual(table.last_access(0), 151.0)
+        # A failed node's buckets leave at once, busy or not.
+        nodes.get(placed[0]).failed = True  # type: ignore[union-attr]
+        self.assertNotIn(0, wanted_map(table, 201.0))
