@@ -16,6 +16,7 @@ Runs ``ip`` and ``nft`` synchronously: a few milliseconds at start and on takeov
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Callable, Sequence
@@ -261,3 +262,24 @@ class Host:
 
     def has_interface(self, name: str) -> bool:
         return (self.sys_net / name).exists()
+
+    def veth_pair(self, name: str, peer: str) -> None:
+        """A veth pair, both ends up, no address (the fast path's miss channel); one left
+        by a process that died is taken as it is."""
+        if not self.has_interface(name):
+            code, out = self.run(
+                ["ip", "link", "add", name, "type", "veth", "peer", "name", peer], None
+            )
+            if code != 0 and not self.has_interface(name):
+                raise HostError(f"cannot make the veth pair {name}/{peer}: {out} (dlba needs root)")
+        for end in (name, peer):
+            # No IPv6 on it: its router solicitations would arrive as misses.
+            with contextlib.suppress(HostError):
+                self.sysctl(f"net.ipv6.conf.{end}.disable_ipv6", "1")
+            self.link_up(end)
+
+    def delete_link(self, name: str) -> None:
+        if self.has_interface(name):
+            code, out = self.run(["ip", "link", "del", name], None)
+            if code != 0 and self.has_interface(name):
+                raise HostError(f"cannot remove {name}: {out}")

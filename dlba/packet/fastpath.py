@@ -1,0 +1,160 @@
+"""The kernel fast path while this node is scheduler (issue 13): installs the nftables
+program of `dlba.kernelpath`, keeps its bucket map equal to what the client table says the
+kernel may forward, and feeds the kernel's last-access times back to the table.
+
+One transaction per change set: `poke` (after Python placed a bucket on a miss) flushes on
+the next reactor turn, so a new connection's second frame already goes through the
+kernel; `sync` also runs every ``SYNC_INTERVAL`` for idle buckets and failed nodes.  A
+takeover installs the whole table in one transaction before the gratuitous ARP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from dlba.clienttable import ClientTable
+from dlba.kernelpath import (
+    ACTIVE,
+    FAMILY,
+    MISS_IN,
+    MISS_OUT,
+    TABLE,
+    KernelProgram,
+    absorb_activity,
+    active_buckets,
+    counters,
+    frames_by_node,
+    wanted_map,
+)
+from dlba.packet.host import Host, HostError
+
+log = Logger(namespace="dlba.packet")
+
+SYNC_INTERVAL = 1.0
+
+
+class Runs(Protocol):
+    """What `dlba.packet.nft.Nft` offers (a fake in the unit tests)."""
+
+    mechanism: str
+
+    def run(self, document: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class KernelFastPath:
+    """The program, its map and the miss channel, for one term as scheduler."""
+
+    def __init__(
+        self, program: KernelProgram, table: ClientTable, nft: Runs, host: Host, clock: Any
+    ) -> None:
+        self.program = program
+        self.table = table
+        self.nft = nft
+        self.host = host
+        self.clock = clock
+        self.installed: dict[int, int] = {}
+        self.running = False
+        self.transactions = 0
+        self.errors = 0
+        self._kernel: dict[str, int] = {}
+        self._loop = LoopingCall(self.sync)
+        self._loop.clock = clock
+        self._soon: IDelayedCall | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """The miss channel, then the whole program with every busy bucket in it."""
+        self.host.veth_pair(MISS_IN, MISS_OUT)
+        now = self.clock.seconds()
+        wanted = wanted_map(self.table, now)
+        self.nft.run(self.program.install(wanted))
+        self.installed = wanted
+        self.transactions += 1
+        self.running = True
+        self._loop.start(SYNC_INTERVAL, now=False)
+
+    def stop(self) -> None:
+        self.running = False
+        if self._loop.running:
+            self._loop.stop()
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
+        try:
+            self.nft.run(self.program.remove())
+        except Exception as e:
+            log.warn("cannot remove the fast path's table: {why}", why=str(e))
+        try:
+            self.host.delete_link(MISS_IN)
+        except HostError as e:
+            log.warn("cannot remove the miss channel: {why}", why=str(e))
+        self.installed = {}
+
+    # -- keeping the map -----------------------------------------------------------------
+
+    def poke(self) -> None:
+        """The client table changed (a miss placed a bucket): flush on the next turn."""
+        if self.running and self._soon is None:
+            self._soon = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._soon = None
+        self.apply(wanted_map(self.table, self.clock.seconds()))
+
+    def sync(self) -> None:
+        """Read the kernel's activity into the table, then bring the map up to date."""
+        if not self.running:
+            return
+        now = self.clock.seconds()
+        try:
+            listing = self.nft.run(
+                {
+                    "nftables": [
+                        {"list": {"set": {"family": FAMILY, "table": TABLE, "name": ACTIVE}}}
+                    ]
+                }
+            )
+            absorb_activity(self.table, active_buckets(listing), self.program.idle_timeout, now)
+            self._kernel = counters(
+                self.nft.run({"nftables": [{"list": {"table": {"family": FAMILY, "name": TABLE}}}]})
+            )
+        except Exception as e:
+            self.errors += 1
+            log.error("cannot read the fast path's state: {why}", why=str(e))
+            return
+        self.apply(wanted_map(self.table, now))
+
+    def apply(self, wanted: dict[int, int]) -> None:
+        changes = self.program.changes(self.installed, wanted)
+        if not changes["nftables"]:
+            return
+        try:
+            self.nft.run(changes)
+        except Exception as e:
+            # The kernel's map is unknown now: install it whole on the next sync.
+            self.errors += 1
+            log.error("nftables refused a bucket change: {why}; installing again", why=str(e))
+            try:
+                self.nft.run(self.program.install(wanted))
+            except Exception as again:
+                log.critical("cannot install the fast path again: {why}", why=str(again))
+                return
+        self.installed = wanted
+        self.transactions += 1
+
+    # -- the report ----------------------------------------------------------------------
+
+    def row(self) -> dict[str, object]:
+        k = self._kernel
+        return {
+            "kernel_forwarded": frames_by_node(k, self.program.nodes, self.program.own),
+            "kernel_misses": k.get("misses", 0),
+            "kernel_buckets": len(self.installed),
+            "kernel_transactions": self.transactions,
+            "kernel_errors": self.errors,
+        }

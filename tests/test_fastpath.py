@@ -1,0 +1,153 @@
+"""The fast path's glue (dlba.packet.fastpath) against a fake nftables that keeps the map
+as the kernel would, and a task.Clock."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from dlba.clienttable import ClientTable
+from dlba.kernelpath import MISS_IN, MISS_OUT, KernelProgram
+from dlba.packet.fastpath import SYNC_INTERVAL, KernelFastPath
+from dlba.packet.host import Host
+from dlba.tables import NodeState, NodeStatusTable
+
+NODES = {1: "02:00:0a:4d:00:0b", 2: "02:00:0a:4d:00:0c", 3: "02:00:0a:4d:00:0d"}
+
+
+class FakeNft:
+    """The owners map and the active set, changed by transactions as nftables would."""
+
+    mechanism = "fake"
+
+    def __init__(self) -> None:
+        self.map: dict[int, str] | None = None
+        self.active: dict[int, float] = {}
+        self.transactions: list[dict[str, Any]] = []
+        self.refuse = False
+
+    def run(self, document: dict[str, Any]) -> dict[str, Any]:
+        commands = document["nftables"]
+        if commands and "list" in commands[0]:
+            what = commands[0]["list"]
+            if "set" in what:
+                elems = [{"elem": {"val": b, "expires": e}} for b, e in self.active.items()]
+                return {"nftables": [{"set": {"name": "active", "elem": elems}}]}
+            return {"nftables": [{"counter": {"name": "misses", "packets": 3}}]}
+        if self.refuse:
+            raise RuntimeError("Error: Could not process rule: No such file or directory")
+        self.transactions.append(document)
+        state = None if self.map is None else dict(self.map)
+        for command in commands:
+            ((verb, body),) = command.items()
+            if "table" in body:
+                state = (
+                    {} if verb == "add" and state is None else (None if verb == "delete" else state)
+                )
+            elif "element" in body:
+                assert state is not None
+                for e in body["element"]["elem"]:
+                    if verb == "delete":
+                        assert e in state, e
+                        del state[e]
+                    else:
+                        assert e[0] not in state, e
+                        state[e[0]] = e[1]["goto"]["target"]
+        self.map = state
+        return {}
+
+
+class FastPathTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.sys_net = Path(tempfile.mkdtemp())
+        self.ran: list[Sequence[str]] = []
+
+        def run(argv: Sequence[str], data: bytes | None) -> tuple[int, str]:
+            self.ran.append(argv)
+            if argv[:3] == ["ip", "link", "add"]:
+                (self.sys_net / argv[3]).mkdir()
+                (self.sys_net / argv[-1]).mkdir()
+            if argv[:3] == ["ip", "link", "del"]:
+                (self.sys_net / argv[3]).rmdir()
+            return 0, ""
+
+        host = Host(run=run, proc_sys=self.sys_net / "nosuch", sys_net=self.sys_net)
+        self.nodes = NodeStatusTable(NodeState(n, m, f"10.77.0.{10 + n}") for n, m in NODES.items())
+        self.table = ClientTable(32, self.nodes, idle_timeout=60.0)
+        self.clock = Clock()
+        self.clock.advance(1000)
+        program = KernelProgram("10.77.0.100", "eth0", NODES[1], 1, NODES, 32, 60.0)
+        self.nft = FakeNft()
+        self.fast = KernelFastPath(program, self.table, self.nft, host, self.clock)
+
+    def test_takeover_installs_every_busy_bucket_at_once(self) -> None:
+        for b in range(10):
+            self.table.lookup(b, 990.0)
+        self.table.take_over(1000.0)
+        self.fast.start()
+        self.assertTrue((self.sys_net / MISS_IN).exists() and (self.sys_net / MISS_OUT).exists())
+        self.assertEqual(len(self.nft.transactions), 1)
+        assert self.nft.map is not None
+        self.assertEqual(sorted(self.nft.map), list(range(10)))
+        self.fast.stop()
+        self.assertIsNone(self.nft.map)
+        self.assertFalse((self.sys_net / MISS_IN).exists())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_miss_placed_reaches_the_kernel_next_turn_in_one_transaction(self) -> None:
+        self.fast.start()
+        for b in (3, 4, 5):
+            self.table.lookup(b, self.clock.seconds())
+            self.fast.poke()
+        self.assertEqual(len(self.nft.transactions), 1)
+        self.clock.advance(0)
+        self.assertEqual(len(self.nft.transactions), 2)
+        assert self.nft.map is not None
+        self.assertEqual(sorted(self.nft.map), [3, 4, 5])
+
+    def test_idle_buckets_leave_the_map_busy_ones_stay(self) -> None:
+        self.fast.start()
+        for b in (3, 4):
+            self.table.lookup(b, self.clock.seconds())
+        self.fast.poke()
+        self.clock.advance(0)
+        # The kernel forwards bucket 3's frames for the next 100 s; bucket 4 goes quiet.
+        for _ in range(100):
+            self.nft.active = {3: 59.5}
+            self.clock.advance(SYNC_INTERVAL)
+        assert self.nft.map is not None
+        self.assertEqual(sorted(self.nft.map), [3])
+        self.assertEqual(self.fast.row()["kernel_misses"], 3)
+
+    def test_a_failed_node_leaves_the_map_at_once(self) -> None:
+        self.fast.start()
+        for b in range(12):
+            self.table.lookup(b, self.clock.seconds())
+        self.fast.poke()
+        self.clock.advance(0)
+        self.nft.active = {b: 59.0 for b in range(12)}
+        self.table.node_failed(2)
+        self.clock.advance(SYNC_INTERVAL)
+        assert self.nft.map is not None
+        self.assertNotIn("to_node2", set(self.nft.map.values()))
+        self.assertEqual(len(self.nft.map), sum(1 for n in self.table.owners()[:12] if n >= 0))
+        self.assertLess(len(self.nft.map), 12)
+
+    def test_a_refused_change_installs_the_whole_map_again(self) -> None:
+        self.fast.start()
+        self.table.lookup(1, self.clock.seconds())
+        self.nft.refuse = True
+        self.fast.poke()
+        self.clock.advance(0)
+        self.assertEqual(self.fast.errors, 1)
+        self.nft.refuse = False
+        self.table.lookup(2, self.clock.seconds())
+        self.fast.poke()
+        self.clock.advance(0)
+        assert self.nft.map is not None
+        self.assertEqual(sorted(self.nft.map), [1, 2])
