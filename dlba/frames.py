@@ -143,6 +143,7 @@ class FrameCounters:
 # then (an IHL of 5: no options) the TCP source port.  Anything else takes `classify`.
 _COMMON = struct.Struct("!HBxHxxHxBxxIIH")
 _COMMON_END = 12 + _COMMON.size  # 36
+_common = _COMMON.unpack_from
 # (client IP, client port) -> bucket entries kept before the cache starts again.
 BUCKET_CACHE = 1 << 16
 
@@ -219,16 +220,14 @@ class FrameRouter:
         counters.frames_in += 1
         key = -1
         if length >= _COMMON_END:
-            ethertype, first, total, fragment, proto, src, dst, port = _COMMON.unpack_from(
-                buffer, at + 12
-            )
+            ethertype, first, total, fragment, proto, src, dst, port = _common(buffer, at + 12)
             if (
-                ethertype == ETH_P_IP
-                and first == 0x45
-                and dst == self._vip
-                and proto == IPPROTO_TCP
-                and not fragment & _FRAGMENT_BITS
-                and 40 <= total <= length - ETH_HEADER
+                dst == self._vip
+                and ethertype == 0x0800  # ETH_P_IP
+                and first == 0x45  # IPv4, no options
+                and proto == 6  # IPPROTO_TCP
+                and not fragment & 0x3FFF  # _FRAGMENT_BITS
+                and 40 <= total <= length - 14
             ):
                 key = src << 16 | port
         if key < 0:
