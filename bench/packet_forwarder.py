@@ -1,12 +1,16 @@
 """The forwarder under test in bench/packetbench.py, run in the forwarder's namespace.
 
-    python3 bench/packet_forwarder.py naive|dlba|dlba-recv IFACE VIP SINK_MAC
+    python3 bench/packet_forwarder.py MODE IFACE VIP SINK_MAC
 
-naive: the baseline of issue 12 §4, one ``recvfrom_into`` and one ``send`` per frame on a
+MODE naive: the baseline of issue 12 §4, one ``recvfrom_into`` and one ``send`` per frame on a
 blocking socket with the same BPF filter, both MACs rewritten, no decision.  dlba: the
-real path, ``PacketSocketIO`` (the receive ring read in the reactor, virtio-net header, tap;
-dlba-recv: one ``recv_into`` a frame instead of the ring) with a
-``FrameRouter`` over a ``ClientTable`` whose only live node is the sink.  Prints "ready",
+real path, ``PacketSocketIO`` (the receive ring read in the reactor, virtio-net header, tap,
+forwards through the transmit ring, one ``send`` a batch; dlba-send: one ``send`` a
+forwarded frame instead of the transmit ring; dlba-bypass: the transmit ring with
+PACKET_QDISC_BYPASS; dlba-send-bypass: one ``send`` a frame with PACKET_QDISC_BYPASS;
+dlba-recv: one ``recv_into`` and one ``send`` a frame, no ring) with a
+``FrameRouter`` over a ``ClientTable`` whose only live node is the sink, behind the
+scheduler's ingress rule as the service installs it.  Prints "ready",
 then runs until SIGTERM and prints the frames it handled as JSON.
 """
 
@@ -45,7 +49,14 @@ def naive(interface: str, vip: str, sink_mac: str) -> None:
         count += 1
 
 
-def dlba(interface: str, vip: str, sink_mac: str, ring: bool = True) -> None:
+def dlba(
+    interface: str,
+    vip: str,
+    sink_mac: str,
+    ring: bool = True,
+    tx_ring: bool = True,
+    qdisc_bypass: bool = False,
+) -> None:
     from twisted.internet import reactor
 
     from dlba.clienttable import ClientTable
@@ -62,13 +73,20 @@ def dlba(interface: str, vip: str, sink_mac: str, ring: bool = True) -> None:
     )
     table = ClientTable(4093, nodes, idle_timeout=300.0)
     router = FrameRouter(table, vip, 1, own, {1: own, 2: sink_mac})
-    io = PacketSocketIO(interface, vip, r, host, ring=ring)
+    io = PacketSocketIO(
+        interface, vip, r, host, ring=ring, tx_ring=tx_ring, qdisc_bypass=qdisc_bypass
+    )
+    # As PacketSchedulerService.start does: the VIP goes on the tap, so without the
+    # scheduler's ingress rule this namespace's kernel would answer every flood frame with
+    # a reset (work on the sender's CPU the real scheduler never does).
+    host.install_scheduler_rule(vip, interface, [own, sink_mac])
     io.start(router)
 
     def stop() -> None:
         c = router.counters
         print(json.dumps({"frames": c.frames_in, **c.row()}), flush=True)
         io.stop()
+        host.remove_scheduler_rule()
         r.stop()
 
     signal.signal(signal.SIGTERM, lambda *_: r.callFromThread(stop))
@@ -82,5 +100,8 @@ if __name__ == "__main__":
         "naive": naive,
         "dlba": dlba,
         "dlba-recv": lambda *a: dlba(*a, ring=False),
+        "dlba-send": lambda *a: dlba(*a, tx_ring=False),
+        "dlba-bypass": lambda *a: dlba(*a, qdisc_bypass=True),
+        "dlba-send-bypass": lambda *a: dlba(*a, tx_ring=False, qdisc_bypass=True),
     }
     modes[mode](interface, vip, sink)

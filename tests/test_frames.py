@@ -273,3 +273,77 @@ class RouterTests(SynchronousTestCase):
         frame = head + ip[:20] + tail
         verdict = self.router.route(frame, len(frame), 0.0)
         self.assertIn(verdict, (DROP, FORWARD, LOCAL))
+
+
+class BucketCacheTests(SynchronousTestCase):
+    """The (client IP, client port) -> bucket cache in front of the bucket hash: bounded,
+    the table's own answer on every frame (never a stale node), and started again when
+    the router is given another table."""
+
+    def setUp(self) -> None:
+        self.nodes = nodes(1, 2, 3)
+        self.table = ClientTable(4093, self.nodes, idle_timeout=300.0, table_id="t")
+        self.router = FrameRouter(
+            self.table, VIP, 1, MACS[1], MACS, local_mac=TAP_MAC, cache_limit=8
+        )
+
+    def owner(self, frame: bytearray) -> bytes:
+        verdict = self.router.route(frame, len(frame), 0.0)
+        self.assertNotEqual(verdict, DROP)
+        return bytes(frame[0:6])
+
+    def test_bounded(self) -> None:
+        for port in range(100):
+            frame = syn(sport=port)
+            self.router.route(frame, len(frame), 0.0)
+            self.assertLessEqual(len(self.router._buckets), 8)
+            bucket = bucket_of("10.77.0.2", port, 4093)
+            key = int.from_bytes(socket.inet_aton("10.77.0.2"), "big") << 16 | port
+            self.assertEqual(self.router._buckets[key], bucket)
+            self.assertNotEqual(self.table.node_of(bucket), -1)
+
+    def test_a_reassigned_bucket_is_never_served_stale(self) -> None:
+        frame = syn(sport=4321)
+        self.owner(frame)
+        bucket = bucket_of("10.77.0.2", 4321, 4093)
+        node = self.table.node_of(bucket)
+        self.nodes.get(node).failed = True  # type: ignore[union-attr]
+        self.table.node_failed(node)
+        again = self.owner(syn(sport=4321))  # the cache still holds the bucket
+        moved = self.table.node_of(bucket)
+        self.assertNotEqual(moved, node)
+        expected = TAP_MAC if moved == 1 else MACS[moved]
+        self.assertEqual(again, mac_bytes(expected))
+        self.assertEqual(self.router.counters.table_misses, 2)
+
+    def test_another_table_starts_the_cache_again(self) -> None:
+        frame = syn(sport=999)
+        self.router.route(frame, len(frame), 0.0)
+        small = ClientTable(7, self.nodes, idle_timeout=300.0, table_id="u")
+        self.router.table = small
+        self.assertEqual(self.router._buckets, {})
+        frame = syn(sport=999)
+        self.router.route(frame, len(frame), 0.0)
+        self.assertNotEqual(small.node_of(bucket_of("10.77.0.2", 999, 7)), -1)
+
+    def test_the_slow_path_finds_the_same_bucket(self) -> None:
+        # A tagged frame and one with IP options take classify, not the one-read path.
+        for port in range(50):
+            plain = syn(sport=port)
+            tagged = ether(ipv4(payload=tcp(port)), vlan=5)
+            options = ether(ipv4(payload=tcp(port), options=b"\x01" * 4))
+            self.assertEqual(self.owner(plain), self.owner(tagged))
+            self.assertEqual(self.owner(plain), self.owner(options))
+        self.assertEqual(self.router.counters.table_misses, 50)
+
+    def test_route_at_an_offset(self) -> None:
+        for row in self.nodes:
+            row.enabled = row.number == 2
+        frame = syn(sport=77)
+        buffer = bytearray(200)
+        buffer[100 : 100 + len(frame)] = frame
+        self.assertEqual(self.router.route_at(buffer, 100, len(frame), 0.0), FORWARD)
+        self.assertEqual(buffer[100:106], mac_bytes(MACS[2]))
+        self.assertEqual(buffer[106:112], mac_bytes(MACS[1]))
+        self.assertEqual(buffer[112 : 100 + len(frame)], frame[12:])
+        self.assertEqual(buffer[:100], bytes(100))

@@ -286,9 +286,51 @@ class FakeSocket:
         buffer[: len(frame)] = frame
         return len(frame)
 
-    def send(self, data: Any) -> int:
+    def send(self, data: Any, flags: int = 0) -> int:
         self.sent.append(bytes(data))
         return len(data)
+
+
+class TxRingSocket(FakeSocket):
+    """A packet socket with a transmit ring: a send of nothing is a flush, which takes
+    every slot marked send-request (unless ``stuck``) and may fail with ``error``."""
+
+    def __init__(self, ring: Any, tx_offset: int, *, stuck: bool = False) -> None:
+        super().__init__([])
+        self.ring, self.tx_offset, self.stuck = ring, tx_offset, stuck
+        self.flushes: list[int] = []  # flags of each flush
+        self.taken: list[bytes] = []  # what the kernel sent, virtio-net header first
+        self.error: OSError | None = None
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        import struct
+
+        from dlba.packet.rawio import RING_FRAME, TX_DATA
+
+        if len(data):
+            return super().send(data, flags)
+        self.flushes.append(flags)
+        if self.error is not None:
+            raise self.error
+        for to in range(self.tx_offset, len(self.ring), RING_FRAME):
+            status, length = struct.unpack_from("=II", self.ring, to)
+            if status == 1 and not self.stuck:
+                self.taken.append(bytes(self.ring[to + TX_DATA : to + TX_DATA + length]))
+                struct.pack_into("=I", self.ring, to, 0)  # TP_STATUS_AVAILABLE
+        return 0
+
+
+class ScriptedSetsockopt:
+    """Records setsockopt calls; refuses the options in ``refuse``."""
+
+    def __init__(self, refuse: set[int]) -> None:
+        self.refuse = refuse
+        self.calls: list[tuple[int, int]] = []
+
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
+        self.calls.append((level, option))
+        if option in self.refuse:
+            raise OSError(22, "Invalid argument")
 
 
 class ReaderTests(SynchronousTestCase):
@@ -354,5 +396,149 @@ class ReaderTests(SynchronousTestCase):
         self.assertEqual(reader.next, 0)  # four slots: wrapped round
         reader.doRead()  # nothing new
         self.assertEqual(len(sock.sent), 3)
-        reader.view.release()
+        reader.release()
         ring.close()
+
+    def ring_with(self, frames: list[bytes], tx_slots: int = 4) -> tuple[Any, int]:
+        """A receive ring of 4 slots holding ``frames`` (virtio-net header first), then a
+        transmit ring of ``tx_slots``: (the map, the transmit ring's offset)."""
+        import mmap
+        import struct
+
+        from dlba.packet.rawio import RING_FRAME
+
+        ring = mmap.mmap(-1, RING_FRAME * (4 + tx_slots))
+        mac_offset = 80
+        for i, frame in enumerate(frames):
+            at = i * RING_FRAME
+            body = frame[10:]
+            struct.pack_into("=IIIH", ring, at, 1, len(body), len(body), mac_offset)
+            ring[at + mac_offset - 10 : at + mac_offset + len(body)] = frame
+        return ring, 4 * RING_FRAME
+
+    def test_ring_reader_with_a_transmit_ring(self) -> None:
+        import socket
+        import struct
+
+        from dlba.packet.rawio import RING_FRAME, TX_DATA, RingFrameReader
+
+        ring, tx = self.ring_with([*self.frames[:3], self.junk])
+        sock = TxRingSocket(ring, tx, stuck=True)  # to look at the slots after the flush
+        reader = RingFrameReader(sock, ring, -1, self.router, lambda: 5.0, tx_offset=tx)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(sock.sent, [])  # no send a frame ...
+        self.assertEqual(sock.flushes, [socket.MSG_DONTWAIT])  # ... one flush a batch
+        for i, frame in enumerate(self.frames[:3]):
+            to = tx + i * RING_FRAME
+            status, length = struct.unpack_from("=II", ring, to)
+            self.assertEqual((status, length), (1, len(frame)))
+            sent = ring[to + TX_DATA : to + TX_DATA + length]
+            self.assertEqual(sent[:10], self.header)  # the virtio-net header as it came
+            self.assertEqual(sent[10:16], mac_bytes(self.macs[2]))
+            self.assertEqual(sent[16:22], mac_bytes(self.macs[1]))
+            self.assertEqual(sent[22:], frame[22:])
+        self.assertEqual(ring[tx + 3 * RING_FRAME], 0)  # the junk was not queued
+        self.assertEqual([ring[i * RING_FRAME] for i in range(4)], [0, 0, 0, 0])
+        self.assertEqual(self.router.counters.forwarded, {2: 3})
+        self.assertEqual(self.router.counters.dropped["not_tcp"], 1)
+        self.assertEqual(self.router.counters.send_errors, 0)
+        reader.release()
+        ring.close()
+
+    def test_the_transmit_ring_wraps_round(self) -> None:
+        from dlba.packet.rawio import RingFrameReader
+
+        ring, tx = self.ring_with(self.frames[:3], tx_slots=2)
+        sock = TxRingSocket(ring, tx)
+        reader = RingFrameReader(sock, ring, -1, self.router, lambda: 5.0, tx_offset=tx)  # type: ignore[arg-type]
+        reader.doRead()
+        # Two slots for three frames: the third found its slot taken, flushed, used it.
+        self.assertEqual(len(sock.flushes), 2)
+        self.assertEqual(len(sock.taken), 3)
+        self.assertEqual(reader.tx_next, 2048)
+        self.assertEqual(self.router.counters.send_errors, 0)
+        reader.release()
+        ring.close()
+
+    def test_a_slot_the_kernel_keeps_loses_the_frame(self) -> None:
+        from dlba.packet.rawio import RingFrameReader
+
+        ring, tx = self.ring_with(self.frames[:3], tx_slots=2)
+        sock = TxRingSocket(ring, tx, stuck=True)  # a link that does not take frames
+        reader = RingFrameReader(sock, ring, -1, self.router, lambda: 5.0, tx_offset=tx)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(self.router.counters.send_errors, 1)  # the third: lost, counted
+        self.assertEqual(self.router.counters.forwarded, {2: 3})  # routed all the same
+        self.assertEqual(reader.next, 3)  # every receive slot handed back
+        self.assertEqual([ring[i * 2048] for i in range(3)], [0, 0, 0])
+        reader.release()
+        ring.close()
+
+    def test_a_failed_flush_is_counted(self) -> None:
+        import errno
+
+        from dlba.packet.rawio import RingFrameReader
+
+        ring, tx = self.ring_with(self.frames[:2])
+        sock = TxRingSocket(ring, tx)
+        sock.error = OSError(errno.ENOBUFS, "No buffer space available")
+        reader = RingFrameReader(sock, ring, -1, self.router, lambda: 5.0, tx_offset=tx)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(self.router.counters.send_errors, 1)
+        reader.release()
+        ring.close()
+
+    def test_local_frames_go_to_the_tap_not_the_transmit_ring(self) -> None:
+        import os
+
+        from dlba.packet.rawio import RingFrameReader
+
+        for row in self.nodes:
+            row.enabled = row.number == 1  # everything local now
+        ring, tx = self.ring_with(self.frames[:2])
+        sock = TxRingSocket(ring, tx)
+        read, write = os.pipe()
+        try:
+            reader = RingFrameReader(sock, ring, write, self.router, lambda: 5.0, tx_offset=tx)  # type: ignore[arg-type]
+            reader.doRead()
+            got = os.read(read, 4096)
+        finally:
+            os.close(read)
+            os.close(write)
+        self.assertEqual(len(got), 2 * len(self.frames[0]))
+        self.assertEqual(got[:10], self.header)
+        self.assertEqual(sock.flushes, [])  # nothing was queued for the transmit ring
+        self.assertEqual(self.router.counters.local, 2)
+        reader.release()
+        ring.close()
+
+    def test_the_kernel_refusing_a_transmit_ring(self) -> None:
+        from dlba.packet.rawio import (
+            PACKET_LOSS,
+            PACKET_RX_RING,
+            PACKET_TX_RING,
+            PACKET_VERSION,
+            RING_BLOCK,
+            RING_BLOCKS,
+            TX_BLOCKS,
+            request_rings,
+        )
+
+        sock = ScriptedSetsockopt(refuse={PACKET_TX_RING})
+        self.assertEqual(request_rings(sock), (RING_BLOCK * RING_BLOCKS, 0))  # type: ignore[arg-type]
+        options = [option for _, option in sock.calls]
+        self.assertEqual(options, [PACKET_VERSION, PACKET_RX_RING, PACKET_LOSS, PACKET_TX_RING])
+        sock = ScriptedSetsockopt(refuse={PACKET_LOSS})  # no PACKET_LOSS: no ring either
+        self.assertEqual(request_rings(sock)[1], 0)  # type: ignore[arg-type]
+        self.assertNotIn(PACKET_TX_RING, [option for _, option in sock.calls])
+        sock = ScriptedSetsockopt(refuse=set())
+        self.assertEqual(request_rings(sock), (RING_BLOCK * RING_BLOCKS, RING_BLOCK * TX_BLOCKS))  # type: ignore[arg-type]
+        sock = ScriptedSetsockopt(refuse=set())
+        self.assertEqual(request_rings(sock, tx=False)[1], 0)  # type: ignore[arg-type]
+        self.assertEqual(len(sock.calls), 2)
+
+    def test_qdisc_bypass_refused(self) -> None:
+        from dlba.packet.rawio import PACKET_QDISC_BYPASS, bypass_qdisc
+
+        self.assertFalse(bypass_qdisc(ScriptedSetsockopt({PACKET_QDISC_BYPASS})))  # type: ignore[arg-type]
+        self.assertTrue(bypass_qdisc(ScriptedSetsockopt(set())))  # type: ignore[arg-type]

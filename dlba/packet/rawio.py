@@ -30,6 +30,7 @@ scheduler uses when the kernel does not forward for it.
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import mmap
@@ -138,7 +139,6 @@ class FrameReader:
         self.buffer = bytearray(FRAME_BUFFER)
         self.view = memoryview(self.buffer)
         self.header = header  # bytes of virtio-net header before each frame (0: none)
-        self.frame = self.view[header:]
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -147,9 +147,9 @@ class FrameReader:
         return "dlba.packet"
 
     def doRead(self) -> None:
-        buffer, view, frame, header = self.buffer, self.view, self.frame, self.header
+        buffer, view, header = self.buffer, self.view, self.header
         recv_into, send = self.sock.recv_into, self.sock.send
-        route, local_fd, write = self.router.route, self.local_fd, os.write
+        route, local_fd, write = self.router.route_at, self.local_fd, os.write
         now = self.clock()
         for _ in range(self.batch):
             try:
@@ -161,7 +161,7 @@ class FrameReader:
                     return  # the link went down: frames come back when it does
                 raise
             # The header goes back out as it came: the frame's length does not change.
-            verdict = route(frame, n - header, now)
+            verdict = route(buffer, header, n - header, now)
             try:
                 if verdict == FORWARD:
                     send(view[:n])
@@ -174,34 +174,83 @@ class FrameReader:
                 # TCP sends it again.
                 self.router.counters.send_errors += 1
 
+    def release(self) -> None:
+        self.view.release()
+
     def connectionLost(self, reason: Failure) -> None:
         pass
 
 
 PACKET_VERSION = 10
 PACKET_RX_RING = 5
+PACKET_TX_RING = 13
+PACKET_LOSS = 14
+PACKET_QDISC_BYPASS = 20
 TPACKET_V2 = 1
-TP_STATUS_USER = 1
+TP_STATUS_USER = 1  # rx: the slot holds a frame for us
+TP_STATUS_SEND_REQUEST = 1  # tx: the slot holds a frame for the kernel to send
+# tx: the kernel's (send requested, sending, or refused): any of these and the slot is busy.
+TP_STATUS_TX_BUSY = 0x7
 RING_FRAME = 2048  # a slot: tpacket2_hdr, the virtio-net header, a frame of ~1,950 bytes
 RING_BLOCK = 1 << 16
 RING_BLOCKS = 64  # 2,048 slots, 4 MiB: a burst of that many frames waits for us
+TX_BLOCKS = 16  # 512 slots, 1 MiB: two batches of forwards in flight
+# Where a tx slot's data starts (TPACKET2_HDRLEN - sizeof(struct sockaddr_ll)): the
+# virtio-net header, then the frame; tp_len counts both.
+TX_DATA = 32
+_SLOT = struct.Struct("=IIH")  # tpacket2_hdr after tp_status: tp_len, tp_snaplen, tp_mac
+_TX = struct.Struct("=II")  # tp_status, tp_len
 
 
-def rx_ring(sock: socket.socket) -> mmap.mmap:
-    """A TPACKET_V2 receive ring on ``sock`` (before it is bound), mapped."""
+def ring_request(blocks: int) -> bytes:
+    """A ``struct tpacket_req`` for ``blocks`` blocks of RING_FRAME slots."""
+    return struct.pack("IIII", RING_BLOCK, blocks, RING_FRAME, RING_BLOCK // RING_FRAME * blocks)
+
+
+def request_rings(sock: socket.socket, *, tx: bool = True) -> tuple[int, int]:
+    """Ask for a TPACKET_V2 receive ring on ``sock`` (before it is bound) and, with
+    ``tx``, a transmit ring after it: (receive bytes, transmit bytes), the second 0 if the
+    kernel refuses a transmit ring (forwards then go out one ``send`` each)."""
     sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-    frames = RING_BLOCK // RING_FRAME * RING_BLOCKS
-    request = struct.pack("IIII", RING_BLOCK, RING_BLOCKS, RING_FRAME, frames)
-    sock.setsockopt(SOL_PACKET, PACKET_RX_RING, request)
-    return mmap.mmap(sock.fileno(), RING_BLOCK * RING_BLOCKS)
+    sock.setsockopt(SOL_PACKET, PACKET_RX_RING, ring_request(RING_BLOCKS))
+    if not tx:
+        return RING_BLOCK * RING_BLOCKS, 0
+    try:
+        # A frame the kernel refuses is skipped, not left in the ring to stop every
+        # later one (TP_STATUS_WRONG_FORMAT holds the ring's head without PACKET_LOSS).
+        sock.setsockopt(SOL_PACKET, PACKET_LOSS, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_TX_RING, ring_request(TX_BLOCKS))
+    except OSError as e:
+        log.info("no transmit ring ({why}): one send a forwarded frame", why=str(e))
+        return RING_BLOCK * RING_BLOCKS, 0
+    return RING_BLOCK * RING_BLOCKS, RING_BLOCK * TX_BLOCKS
+
+
+def rx_ring(sock: socket.socket, *, tx: bool = False) -> tuple[mmap.mmap, int | None]:
+    """The rings of `request_rings`, mapped as the kernel wants them (one map, the receive
+    ring first): (the map, the transmit ring's offset in it, or None without one)."""
+    rx_bytes, tx_bytes = request_rings(sock, tx=tx)
+    return mmap.mmap(sock.fileno(), rx_bytes + tx_bytes), (rx_bytes if tx_bytes else None)
+
+
+def bypass_qdisc(sock: socket.socket) -> bool:
+    """PACKET_QDISC_BYPASS: our sends go straight to the driver (no qdisc, no egress hooks,
+    and taps such as tcpdump on the interface no longer see them).  False if refused."""
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+    except OSError:
+        return False
+    return True
 
 
 @implementer(IReadDescriptor)
 class RingFrameReader:
     """The reactor's reader of a packet socket with a receive ring: frames are read,
-    routed and rewritten where the kernel put them, with no syscall to receive; each
-    goes out with one ``send`` from the ring.  A slot goes back to the kernel once its
-    frame is sent."""
+    routed and rewritten where the kernel put them, with no syscall to receive.  With a
+    transmit ring (``tx_offset``: where it starts in ``ring``), each forwarded frame is
+    copied to the next transmit slot and the batch goes out with one ``send`` (the kernel
+    walks the slots); without one, each goes out with a ``send`` from the receive ring.
+    A receive slot goes back to the kernel once its frame is handled."""
 
     def __init__(
         self,
@@ -212,12 +261,20 @@ class RingFrameReader:
         clock: Callable[[], float],
         batch: int = 256,
         dissect: Callable[[bytes], str] | None = None,
+        tx_offset: int | None = None,
     ) -> None:
         self.sock = sock
         self.ring = ring
         self.view = memoryview(ring)
-        self.slots = len(ring) // RING_FRAME
+        self.slots = (len(ring) if tx_offset is None else tx_offset) // RING_FRAME
+        # Each receive slot's tp_status, as one strided array of u32.
+        self.status = self.view[: self.slots * RING_FRAME].cast("I")[:: RING_FRAME // 4]
+        self.zeros = memoryview(array.array("I", bytes(4 * batch)))
         self.next = 0
+        self.tx_offset = tx_offset
+        # The transmit ring, in bytes from its start: the next slot, and the ring's size.
+        self.tx_slots = 0 if tx_offset is None else len(ring) - tx_offset
+        self.tx_next = 0
         self.local_fd = local_fd
         self.router = router
         self.clock = clock
@@ -231,17 +288,29 @@ class RingFrameReader:
     def logPrefix(self) -> str:
         return "dlba.packet"
 
+    def flush(self) -> None:
+        """Hand the transmit ring's waiting frames to the kernel (one syscall)."""
+        try:
+            self.sock.send(b"", socket.MSG_DONTWAIT)
+        except OSError:
+            # A full queue or a link going down: the frames wait in their slots for the
+            # next flush; a frame finding its slot still taken is lost, as on a wire.
+            self.router.counters.send_errors += 1
+
     def doRead(self) -> None:
-        ring, view, slots = self.ring, self.view, self.slots
-        send, route, local_fd, write = self.sock.send, self.router.route, self.local_fd, os.write
-        unpack = struct.unpack_from
+        ring, view, status, slots = self.ring, self.view, self.status, self.slots
+        send, route, local_fd, write = self.sock.send, self.router.route_at, self.local_fd, os.write
+        head, queue, move = _SLOT.unpack_from, _TX.pack_into, ring.move
+        tx_base, tx_slots, tx_next = self.tx_offset, self.tx_slots, self.tx_next
+        tx_room = RING_FRAME - TX_DATA - VNET_HDR if tx_base is not None else -1
+        pending = 0
         now = self.clock()
-        slot = self.next
-        for _ in range(self.batch):
-            at = slot * RING_FRAME
-            if not ring[at] & TP_STATUS_USER:
+        first = slot = self.next
+        for _ in range(min(self.batch, slots - first)):
+            if not status[slot] & TP_STATUS_USER:
                 break
-            length, snaplen, mac = unpack("=IIH", ring, at + 4)
+            at = slot * RING_FRAME
+            length, snaplen, mac = head(ring, at + 4)
             start = at + mac
             if length > snaplen and not self.warned:
                 # Counted as truncated by the router; said once, with the likely cause.
@@ -251,22 +320,49 @@ class RingFrameReader:
                     "the interface (ethtool -K IFACE gro off lro off)",
                     length=length,
                 )
-            verdict = route(view[start : start + snaplen], snaplen, now)
-            try:
-                if verdict == FORWARD:
-                    send(view[start - VNET_HDR : start + snaplen])
-                elif verdict == LOCAL:
-                    write(local_fd, view[start - VNET_HDR : start + snaplen])
-                elif verdict == DROP and self.dissect is not None:
-                    frame = bytes(view[start : start + snaplen])
-                    log.debug("dropped {frame}", frame=self.dissect(frame))
-            except OSError:
-                self.router.counters.send_errors += 1
-            view[at : at + 4] = b"\0\0\0\0"  # TP_STATUS_KERNEL: the slot is the kernel's again
+            verdict = route(view, start, snaplen, now)
+            if verdict == FORWARD and snaplen <= tx_room:
+                to = tx_base + tx_next  # type: ignore[operator]
+                if ring[to] & TP_STATUS_TX_BUSY:
+                    self.flush()  # the kernel may have held back some (ENOBUFS): again
+                    pending = 0
+                if ring[to] & TP_STATUS_TX_BUSY:
+                    self.router.counters.send_errors += 1  # the kernel has them all
+                else:
+                    # The header goes out as it came: the frame's length does not change.
+                    move(to + TX_DATA, start - VNET_HDR, snaplen + VNET_HDR)
+                    queue(ring, to, TP_STATUS_SEND_REQUEST, snaplen + VNET_HDR)
+                    tx_next += RING_FRAME
+                    if tx_next == tx_slots:
+                        tx_next = 0
+                    pending += 1
+            elif verdict != DROP:
+                try:
+                    if verdict == FORWARD:
+                        send(view[start - VNET_HDR : start + snaplen])
+                    else:
+                        write(local_fd, view[start - VNET_HDR : start + snaplen])
+                except OSError:
+                    # A full queue or a link going down: the frame is lost, as on a wire.
+                    self.router.counters.send_errors += 1
+            elif self.dissect is not None:
+                frame = bytes(view[start : start + snaplen])
+                log.debug("dropped {frame}", frame=self.dissect(frame))
             slot += 1
-            if slot == slots:
-                slot = 0
-        self.next = slot
+        # TP_STATUS_KERNEL: the slots are the kernel's again, in one strided write.
+        status[first:slot] = self.zeros[: slot - first]
+        self.next = 0 if slot == slots else slot
+        self.tx_next = tx_next
+        if pending:
+            self.flush()
+        # A batch stops at the ring's end; the socket is still readable, so the reactor's
+        # next turn goes on from the ring's start.
+
+    def release(self) -> None:
+        """Let go of the ring (it cannot be unmapped while a view holds it)."""
+        self.status.release()
+        self.zeros.release()
+        self.view.release()
 
     def connectionLost(self, reason: Failure) -> None:
         pass
@@ -289,6 +385,8 @@ class PacketSocketIO:
         batch: int = 64,
         dissect: Callable[[bytes], str] | None = None,
         ring: bool = True,
+        tx_ring: bool = True,
+        qdisc_bypass: bool = False,
     ) -> None:
         self.interface = interface
         self.vip = vip
@@ -298,6 +396,10 @@ class PacketSocketIO:
         self.batch = batch
         self.dissect = dissect
         self.ring = ring  # a receive ring (no recv syscall a frame), else recv_into
+        # With the receive ring, a transmit ring (one send a batch), if the kernel has one.
+        self.tx_ring = tx_ring
+        self.qdisc_bypass = qdisc_bypass
+        self._tx_offset: int | None = None
         self.reader: FrameReader | RingFrameReader | None = None
         self._ring: mmap.mmap | None = None
         self._sock: socket.socket | None = None
@@ -322,7 +424,7 @@ class PacketSocketIO:
             router.local_mac = mac_bytes(self.host.mac_of(self.tap))
 
             def map_ring(sock: socket.socket) -> None:
-                self._ring = rx_ring(sock)
+                self._ring, self._tx_offset = rx_ring(sock, tx=self.tx_ring)
 
             self._sock = packet_socket(
                 self.interface,
@@ -330,13 +432,21 @@ class PacketSocketIO:
                 vnet_header=True,
                 before_bind=map_ring if self.ring else None,
             )
+            if self.qdisc_bypass and not bypass_qdisc(self._sock):
+                log.info("the kernel refused PACKET_QDISC_BYPASS: sends go by the qdisc")
         except BaseException:
             self.stop()
             raise
         clock = self.reactor.seconds
         if self._ring is not None:
             self.reader = RingFrameReader(
-                self._sock, self._ring, self._tap_fd, router, clock, dissect=self.dissect
+                self._sock,
+                self._ring,
+                self._tap_fd,
+                router,
+                clock,
+                dissect=self.dissect,
+                tx_offset=self._tx_offset,
             )
         else:
             self.reader = FrameReader(
@@ -347,11 +457,12 @@ class PacketSocketIO:
     def stop(self) -> None:
         if self.reader is not None:
             self.reactor.removeReader(self.reader)
-            self.reader.view.release()  # the ring cannot be unmapped while a view holds it
+            self.reader.release()  # the ring cannot be unmapped while a view holds it
             self.reader = None
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+            self._tx_offset = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
