@@ -96,6 +96,11 @@ class ArraySection:
     sweep_retries: int = 3
     ping_interval: float = 0.5
     ping_misses: int = 3
+    # Where the scheduler forwards: "auto" (the kernel's nftables where it can, else
+    # Python), "nftables" (the kernel or nothing), "off" (Python reads every frame).
+    fast_path: str = "auto"
+    # scapy's one-line dissection of every frame the Python path drops, in the debug log.
+    debug_frames: bool = False
     nodes: tuple[ArrayNode, ...] = ()
 
 
@@ -627,6 +632,7 @@ _SECTIONS: Final = {
     "pool": "[[pool]]",
     "rule": "[[rule]]",
 }
+FAST_PATHS: Final = ("auto", "nftables", "off")
 _ARRAY_KEYS: Final = (*(k for k in _names(ArraySection) if k != "nodes"), "node")
 _POOL_KEYS: Final = (*(k for k in _names(PoolConfig) if k != "backends"), "backend")
 _BACKEND_KEYS: Final = ("number", "address", "weight", "enabled")
@@ -1193,6 +1199,8 @@ class _Checker:
             ping_misses=self.integer(
                 d, w, "ping_misses", default.ping_misses, 1, "missed pings before an election"
             ),
+            fast_path=self.choice(d, w, "fast_path", default.fast_path, FAST_PATHS),
+            debug_frames=self.flag(d, w, "debug_frames", default.debug_frames),
             nodes=nodes,
         )
 

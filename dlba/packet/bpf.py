@@ -11,7 +11,7 @@ import ctypes
 import socket
 import struct
 
-__all__ = ["arp_request_filter", "attach", "vip_filter"]
+__all__ = ["NOTHING", "arp_request_filter", "attach", "vip_filter"]
 
 SO_ATTACH_FILTER = 26
 # The ancillary "load" offsets (linux/filter.h): SKF_AD_OFF + SKF_AD_PKTTYPE.
@@ -26,10 +26,25 @@ _WHOLE = 0x40000
 Program = list[tuple[int, int, int, int]]
 
 
-def vip_filter(vip: str) -> Program:
+# "ret #0": a socket that only sends (bound with protocol 0 it gets nothing anyway).
+NOTHING: Program = [(0x06, 0, 0, 0)]
+
+
+def vip_filter(vip: str, *, any_host: bool = False) -> Program:
     """IPv4 to ``vip``, sent to this host's MAC (``ip dst VIP`` plus a packet-type check,
-    which keeps out our own sends and frames flooded for other hosts)."""
+    which keeps out our own sends and frames flooded for other hosts).  ``any_host``: no
+    packet-type check, for the fast path's miss channel, whose frames still carry the
+    interface's MAC (so the channel's own stack drops them as for another host)."""
     (address,) = struct.unpack("!I", socket.inet_aton(vip))
+    if any_host:
+        return [
+            (_LDH, 0, 0, 12),
+            (_JEQ, 0, 3, 0x0800),
+            (_LDW, 0, 0, 30),
+            (_JEQ, 0, 1, address),
+            (_RET, 0, 0, _WHOLE),
+            (_RET, 0, 0, 0),
+        ]
     return [
         (_LDH, 0, 0, 12),  # ethertype
         (_JEQ, 0, 5, 0x0800),

@@ -40,7 +40,8 @@ SYNC_INTERVAL = 1.0
 class Runs(Protocol):
     """What `dlba.packet.nft.Nft` offers (a fake in the unit tests)."""
 
-    mechanism: str
+    @property
+    def mechanism(self) -> str: ...
 
     def run(self, document: dict[str, Any]) -> dict[str, Any]: ...
 

@@ -47,7 +47,7 @@ from zope.interface import implementer
 
 from dlba.frames import DROP, FORWARD, LOCAL, FrameRouter, mac_bytes
 from dlba.interfaces import IFrameIO
-from dlba.packet.bpf import Program, attach, vip_filter
+from dlba.packet.bpf import NOTHING, Program, attach, vip_filter
 from dlba.packet.host import Host
 
 __all__ = ["PacketSocketIO", "open_tap", "packet_socket"]
@@ -129,8 +129,13 @@ class FrameReader:
         batch: int = 64,
         dissect: Callable[[bytes], str] | None = None,
         header: int = VNET_HDR,
+        send_sock: socket.socket | None = None,
+        after_read: Callable[[], None] | None = None,
     ) -> None:
         self.sock = sock
+        # The fast path's misses come in on the miss channel and go out of the interface.
+        self.send_sock = send_sock if send_sock is not None else sock
+        self.after_read = after_read
         self.local_fd = local_fd
         self.router = router
         self.clock = clock
@@ -148,13 +153,15 @@ class FrameReader:
 
     def doRead(self) -> None:
         buffer, view, header = self.buffer, self.view, self.header
-        recv_into, send = self.sock.recv_into, self.sock.send
+        recv_into, send = self.sock.recv_into, self.send_sock.send
         route, local_fd, write = self.router.route_at, self.local_fd, os.write
         now = self.clock()
-        for _ in range(self.batch):
+        for i in range(self.batch):
             try:
                 n = recv_into(buffer)
             except BlockingIOError:
+                if i and self.after_read is not None:
+                    self.after_read()
                 return
             except OSError as e:
                 if e.errno in (errno.ENETDOWN, errno.ENXIO):
@@ -173,6 +180,8 @@ class FrameReader:
                 # A full queue or a link going down: the frame is lost, as on a wire;
                 # TCP sends it again.
                 self.router.counters.send_errors += 1
+        if self.after_read is not None:
+            self.after_read()
 
     def release(self) -> None:
         self.view.release()
@@ -387,8 +396,16 @@ class PacketSocketIO:
         ring: bool = True,
         tx_ring: bool = True,
         qdisc_bypass: bool = False,
+        read_interface: str | None = None,
+        after_read: Callable[[], None] | None = None,
     ) -> None:
         self.interface = interface
+        # With the kernel fast path Python reads only the misses, from the miss channel
+        # (a socket on the interface would see every frame the kernel forwards), and
+        # sends on the interface from a socket that receives nothing.
+        self.read_interface = read_interface
+        self.after_read = after_read
+        self._send_sock: socket.socket | None = None
         self.vip = vip
         self.reactor = reactor
         self.host = host
@@ -426,12 +443,15 @@ class PacketSocketIO:
             def map_ring(sock: socket.socket) -> None:
                 self._ring, self._tx_offset = rx_ring(sock, tx=self.tx_ring)
 
+            ring = self.ring and self.read_interface is None
             self._sock = packet_socket(
-                self.interface,
-                vip_filter(self.vip),
+                self.read_interface or self.interface,
+                vip_filter(self.vip, any_host=self.read_interface is not None),
                 vnet_header=True,
-                before_bind=map_ring if self.ring else None,
+                before_bind=map_ring if ring else None,
             )
+            if self.read_interface is not None:
+                self._send_sock = packet_socket(self.interface, NOTHING, 0, vnet_header=True)
             if self.qdisc_bypass and not bypass_qdisc(self._sock):
                 log.info("the kernel refused PACKET_QDISC_BYPASS: sends go by the qdisc")
         except BaseException:
@@ -450,7 +470,14 @@ class PacketSocketIO:
             )
         else:
             self.reader = FrameReader(
-                self._sock, self._tap_fd, router, clock, self.batch, self.dissect
+                self._sock,
+                self._tap_fd,
+                router,
+                clock,
+                self.batch,
+                self.dissect,
+                send_sock=self._send_sock,
+                after_read=self.after_read,
             )
         self.reactor.addReader(self.reader)
 
@@ -466,6 +493,9 @@ class PacketSocketIO:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._send_sock is not None:
+            self._send_sock.close()
+            self._send_sock = None
         if self._tap_fd is not None:
             os.close(self._tap_fd)  # the tap goes with it
             self._tap_fd = None

@@ -10,6 +10,7 @@ node's own client table, so a new scheduler starts with the copy it has been syn
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,9 @@ from dlba.clienttable import ClientTable
 from dlba.config import ArraySection
 from dlba.frames import FrameCounters, FrameRouter
 from dlba.interfaces import IFrameIO
+from dlba.kernelpath import MISS_OUT, KernelProgram
 from dlba.packet.arp import ArpSpeaker
+from dlba.packet.fastpath import KernelFastPath, Runs
 from dlba.packet.host import Host, HostError
 from dlba.packet.rawio import PacketSocketIO
 from dlba.tables import NodeStatusTable
@@ -34,6 +37,12 @@ def _dissect(frame: bytes) -> str:
     from scapy.layers.l2 import Ether
 
     return str(Ether(frame).summary())
+
+
+def _library_nft() -> Runs:
+    from dlba.packet.nft import Nft
+
+    return Nft()
 
 
 class PacketSchedulerService(Service):
@@ -52,26 +61,31 @@ class PacketSchedulerService(Service):
         arp: Callable[[str, str], ArpSpeaker] | None = None,
         scheduler_at_start: bool = False,
         debug: bool = False,
+        nft: Callable[[], Runs] | None = None,
     ) -> None:
         assert array.vip is not None
         self.vip: str = array.vip
         self.interface = array.interface
+        self.array = array
+        self.fast_path_mode = array.fast_path
+        self._nft_factory = nft or _library_nft
+        self.fast: KernelFastPath | None = None  # while the kernel forwards
+        self._python_io: IFrameIO | None = None
+        self.why_no_fast_path = ""  # said once a run, on the first term that wanted it
+        self._nft: Runs | None = None
+        debug = debug or array.debug_frames
         self.own = own
         self.table = table
         self.nodes = nodes
         self.reactor = reactor
         self.host = host if host is not None else Host()
+        self._dissect = _dissect if debug else None
         self.io: IFrameIO = (
             io
             if io is not None
-            else PacketSocketIO(
-                self.interface,
-                self.vip,
-                reactor,
-                self.host,
-                dissect=_dissect if debug else None,
-            )
+            else PacketSocketIO(self.interface, self.vip, reactor, self.host, dissect=self._dissect)
         )
+        self._injected_io = io is not None
         self._arp_factory = arp or (
             lambda ip, mac: ArpSpeaker(self.interface, ip, mac, self.reactor)
         )
@@ -122,6 +136,12 @@ class PacketSchedulerService(Service):
             log.critical("cannot hold the VIP {vip}: {why}", vip=self.vip, why=str(e))
             raise
         self.ready = True
+        if self.fast_path_mode != "off" and not self._injected_io and self._nft is None:
+            # Loaded now, not at a takeover: the library and its context take ~0.15 s.
+            try:
+                self._nft = self._nft_factory()
+            except Exception as e:
+                log.warn("nftables cannot be loaded yet: {why}", why=str(e))
         log.info(
             "the VIP {vip} is on lo, ARP for it is off and the kernel guard is in",
             vip=self.vip,
@@ -166,11 +186,17 @@ class PacketSchedulerService(Service):
                     interface=self.interface,
                     mac=mac,
                 )
-            host.install_scheduler_rule(self.vip, self.interface, [*macs.values(), mac])
             self.router = FrameRouter(
                 self.table, self.vip, self.own, mac, macs, counters=self.counters
             )
-            self.io.start(self.router)
+            if not self._start_fast_path(mac, macs):
+                if self.fast_path_mode == "nftables":
+                    raise HostError(
+                        f'[array] fast_path = "nftables", and {self.why_no_fast_path} '
+                        '(set fast_path = "auto" to fall back to Python)'
+                    )
+                host.install_scheduler_rule(self.vip, self.interface, [*macs.values(), mac])
+                self.io.start(self.router)
             self.arp = self._arp_factory(self.vip, mac)
             self.arp.start()
         except Exception as e:
@@ -193,11 +219,67 @@ class PacketSchedulerService(Service):
         self._undo()
         log.warn("stopped forwarding frames for {vip}", vip=self.vip)
 
+    def _start_fast_path(self, mac: str, macs: dict[int, str]) -> bool:
+        """The kernel forwards, Python reads only the misses: whether that is on now."""
+        if self.fast_path_mode == "off" or self._injected_io or self.table is None:
+            return False
+        assert self.router is not None
+        nodes = dict(macs)
+        nodes[self.own] = mac
+        program = KernelProgram(
+            vip=self.vip,
+            interface=self.interface,
+            mac=mac,
+            own=self.own,
+            nodes={n: m.lower() for n, m in nodes.items()},
+            size=self.table.size,
+            idle_timeout=self.table.idle_timeout,
+        )
+        fast: KernelFastPath | None = None
+        try:
+            if os.geteuid() != 0:
+                raise HostError("dlba does not run as root")
+            if self._nft is None:
+                self._nft = self._nft_factory()
+            fast = KernelFastPath(program, self.table, self._nft, self.host, self.reactor)
+            fast.start()
+            io = PacketSocketIO(
+                self.interface,
+                self.vip,
+                self.reactor,
+                self.host,
+                dissect=self._dissect,
+                read_interface=MISS_OUT,
+                after_read=fast.poke,
+            )
+            io.start(self.router)
+        except Exception as e:
+            if fast is not None:
+                fast.stop()
+            why = f"the kernel fast path cannot start: {e}"
+            if why != self.why_no_fast_path:
+                log.error(
+                    "{why}; the scheduler forwards in Python ([array] fast_path = {mode})",
+                    why=why,
+                    mode=self.fast_path_mode,
+                )
+            self.why_no_fast_path = why
+            return False
+        self.why_no_fast_path = ""
+        self.fast = fast
+        self._python_io, self.io = self.io, io
+        return True
+
     def _undo(self) -> None:
         if self.arp is not None:
             self.arp.stop()
             self.arp = None
         self.io.stop()
+        if self.fast is not None:
+            self.fast.stop()
+            self.fast = None
+            assert self._python_io is not None
+            self.io, self._python_io = self._python_io, None
         try:
             self.host.remove_scheduler_rule()
         except HostError as e:
@@ -215,5 +297,7 @@ class PacketSchedulerService(Service):
             "forwarding": self.term is not None,
             "arp_answered": arp.answered if arp is not None else 0,
             "arp_announced": arp.announced if arp is not None else 0,
+            "fast_path": "nftables" if self.fast is not None else "python",
             **self.counters.row(),
+            **(self.fast.row() if self.fast is not None else {}),
         }
