@@ -39,6 +39,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # One CPU each, so the busy sender never takes the forwarder's time (2 CPUs here).
 SENDER_CPU, FWD_CPU = "0", "1"
 DASH = "\u2013"
+TIMES = "\u00d7"
 MODES = {
     "bridge": "bridge alone (ceiling)",
     "nft": "nftables netdev ingress (jhash vmap, MACs set, fwd)",
@@ -197,6 +198,7 @@ def one(mode: str, flood: Path, tmp: Path, seconds: float) -> dict[str, Any]:
         "cpu_us": (c1 - c0) / forwarded * 1e6 if forwarded and proc else None,
         "cpu_use": (c1 - c0) / (t1 - t0) if proc else None,
         "sent_fps": sent / (warm + seconds + 0.5),
+        "load": os.getloadavg()[0],  # the machine's, at the end of the window
     }
 
 
@@ -209,7 +211,20 @@ def main() -> int:
         default=",".join(MODES),
         help=f"comma-separated, run in this order each run (default: {','.join(MODES)})",
     )
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        help="print the tables again from the JSON lines a run wrote to stderr",
+    )
     args = parser.parse_args()
+    if args.report:
+        results: dict[str, list[dict[str, Any]]] = {}
+        for line in Path(args.report).read_text().splitlines():
+            if line.startswith("{"):
+                got = json.loads(line)
+                results.setdefault(got["mode"], []).append(got)
+        report(results)
+        return 0
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
     if unknown:
@@ -219,7 +234,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="dlbapkt-bench-"))
     flood = tmp / "flood"
     sh("cc", "-O2", "-o", str(flood), str(HERE / "flood.c"))
-    results: dict[str, list[dict[str, Any]]] = {}
+    results = {}
     try:
         topology()
         for _ in range(args.runs):
@@ -229,6 +244,11 @@ def main() -> int:
                 print(json.dumps(got), file=sys.stderr, flush=True)
     finally:
         down()
+    report(results)
+    return 0
+
+
+def report(results: dict[str, list[dict[str, Any]]]) -> None:
     print(
         "| path | frames/s forwarded (median) | CPU µs/frame | forwarder CPU use "
         "| sender frames/s | runs (frames/s) |"
@@ -245,14 +265,26 @@ def main() -> int:
         print(f"| {MODES[mode]} | {fps:,.0f} | {cells} | ", end="")
         each = ", ".join(f"{r['fps']:,.0f}" for r in runs)
         print(f"{statistics.median(r['sent_fps'] for r in runs):,.0f} | {each} |")
+    loads = [r["load"] for runs in results.values() for r in runs]
+    if loads:
+        print(f"\nload average (1 min) at the end of each window: {min(loads):.2f}{DASH}", end="")
+        print(f"{max(loads):.2f}, median {statistics.median(loads):.2f}")
     if "naive" in results:
-        naive = statistics.median(r["fps"] for r in results["naive"])
-        print()
+        naive = results["naive"]
+        naive_fps = statistics.median(r["fps"] for r in naive)
+        print("\n| against the naive loop | frames/s, medians | frames/s, run by run (median) "
+              "| CPU µs/frame, naive ÷ this |")  # fmt: skip
+        print("| --- | ---: | ---: | ---: |")
+        naive_us = statistics.median(r["cpu_us"] for r in naive if r["cpu_us"] is not None)
         for mode, runs in results.items():
-            if mode != "naive":
-                ratio = statistics.median(r["fps"] for r in runs) / naive
-                print(f"{mode} / naive: {ratio:.2f} times the frames/s")
-    return 0
+            if mode == "naive":
+                continue
+            ratio = statistics.median(r["fps"] for r in runs) / naive_fps
+            pairs = zip(runs, naive, strict=True)
+            paired = statistics.median(r["fps"] / n["fps"] for r, n in pairs)
+            us = [r["cpu_us"] for r in runs if r["cpu_us"] is not None]
+            cpu = f"{naive_us / statistics.median(us):.2f}{TIMES}" if us else DASH
+            print(f"| {MODES[mode]} | {ratio:.2f}{TIMES} | {paired:.2f}{TIMES} | {cpu} |")
 
 
 if __name__ == "__main__":

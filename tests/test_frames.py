@@ -347,3 +347,11 @@ class BucketCacheTests(SynchronousTestCase):
         self.assertEqual(buffer[106:112], mac_bytes(MACS[1]))
         self.assertEqual(buffer[112 : 100 + len(frame)], frame[12:])
         self.assertEqual(buffer[:100], bytes(100))
+
+    def test_a_new_own_mac_is_in_every_forward(self) -> None:
+        for row in self.nodes:
+            row.enabled = row.number == 3
+        self.router.own_mac = SCHEDULER_MAC
+        frame = syn()
+        self.assertEqual(self.router.route(frame, len(frame), 0.0), FORWARD)
+        self.assertEqual(frame[0:12], mac_bytes(MACS[3]) + SCHEDULER_MAC)

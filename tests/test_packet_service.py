@@ -474,6 +474,30 @@ class ReaderTests(SynchronousTestCase):
         reader.release()
         ring.close()
 
+    def test_a_long_batch_is_flushed_on_the_way(self) -> None:
+        import mmap
+        import struct
+
+        from dlba.packet.rawio import RING_FRAME, TX_FLUSH, RingFrameReader
+        from tests.test_frames import syn
+
+        count = TX_FLUSH * 2 + 5
+        ring = mmap.mmap(-1, RING_FRAME * count * 2)
+        for i in range(count):
+            at = i * RING_FRAME
+            frame = self.header + bytes(syn(sport=1000 + i))
+            struct.pack_into("=IIIH", ring, at, 1, len(frame) - 10, len(frame) - 10, 80)
+            ring[at + 70 : at + 70 + len(frame)] = frame
+        tx = count * RING_FRAME
+        sock = TxRingSocket(ring, tx)
+        reader = RingFrameReader(sock, ring, -1, self.router, lambda: 5.0, tx_offset=tx)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(len(sock.flushes), 3)  # at 64, at 128, and the 5 at the end
+        self.assertEqual(len(sock.taken), count)
+        self.assertEqual([t[10:16] for t in sock.taken], [mac_bytes(self.macs[2])] * count)
+        reader.release()
+        ring.close()
+
     def test_a_failed_flush_is_counted(self) -> None:
         import errno
 
