@@ -94,6 +94,48 @@ def dlba(
     r.run(installSignalHandlers=False)
 
 
+def kernel(interface: str, vip: str, sink_mac: str) -> None:
+    """dlba-kernel: the kernel fast path as the service runs it (issue 13): KernelFastPath
+    installs the program, Python reads only the miss channel.  The flood's 256 buckets
+    miss once each (placed on the sink, then forwarded by the kernel)."""
+    from twisted.internet import reactor
+
+    from dlba.clienttable import ClientTable
+    from dlba.frames import FrameRouter
+    from dlba.kernelpath import MISS_OUT, KernelProgram
+    from dlba.packet.fastpath import KernelFastPath
+    from dlba.packet.host import Host
+    from dlba.packet.nft import Nft
+    from dlba.packet.rawio import PacketSocketIO
+    from dlba.tables import NodeState, NodeStatusTable
+
+    r: Any = reactor
+    host = Host()
+    own = host.mac_of(interface)
+    nodes = NodeStatusTable(
+        [NodeState(1, own, "10.78.0.11", enabled=False), NodeState(2, sink_mac, "10.78.0.12")]
+    )
+    table = ClientTable(4093, nodes, idle_timeout=300.0)
+    router = FrameRouter(table, vip, 1, own, {1: own, 2: sink_mac})
+    program = KernelProgram(vip, interface, own, 1, {1: own, 2: sink_mac}, 4093, 300.0)
+    fast = KernelFastPath(program, table, Nft(), host, r)
+    fast.start()
+    io = PacketSocketIO(interface, vip, r, host, read_interface=MISS_OUT, after_read=fast.poke)
+    io.start(router)
+
+    def stop() -> None:
+        c = router.counters
+        fast.sync()
+        print(json.dumps({"frames": c.frames_in, **c.row(), **fast.row()}), flush=True)
+        io.stop()
+        fast.stop()
+        r.stop()
+
+    signal.signal(signal.SIGTERM, lambda *_: r.callFromThread(stop))
+    r.callWhenRunning(print, "ready", flush=True)
+    r.run(installSignalHandlers=False)
+
+
 if __name__ == "__main__":
     mode, interface, vip, sink = sys.argv[1:5]
     modes: dict[str, Any] = {
@@ -103,5 +145,6 @@ if __name__ == "__main__":
         "dlba-send": lambda *a: dlba(*a, tx_ring=False),
         "dlba-bypass": lambda *a: dlba(*a, qdisc_bypass=True),
         "dlba-send-bypass": lambda *a: dlba(*a, tx_ring=False, qdisc_bypass=True),
+        "dlba-kernel": kernel,
     }
     modes[mode](interface, vip, sink)

@@ -49,6 +49,7 @@ MODES = {
     "dlba": "dlba PacketSocketIO, receive + transmit rings (the default)",
     "dlba-bypass": "dlba, both rings, PACKET_QDISC_BYPASS",
     "dlba-send-bypass": "dlba, receive ring, one send a frame, PACKET_QDISC_BYPASS",
+    "dlba-kernel": "dlba, fast_path = nftables (the kernel forwards, Python only misses)",
 }
 
 
