@@ -51,6 +51,13 @@ NODE_OF_MAC = {mac: n for n, mac in MACS.items()}
 
 RST = 0x04
 
+# ip link set PORT down, bracketed by the monotonic clock (one clock for every namespace).
+CUT = (
+    "import subprocess, sys, time; t = time.monotonic(); "
+    "subprocess.run(['ip', 'link', 'set', sys.argv[1], 'down'], check=True); "
+    "print(t, time.monotonic())"
+)
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -112,10 +119,14 @@ class LabFailoverTests(LabTestCase):
         misses = int(config.get("ping_misses", ArraySection.ping_misses))
         return interval * misses + 1.0
 
-    async def cut(self, node: int) -> None:
-        """Take ``node``'s link down at the bridge: to the others its machine is gone."""
-        result = await self.lab("exec", "bridge", "--", "ip", "link", "set", f"node{node}", "down")
+    async def cut(self, node: int) -> tuple[float, float]:
+        """Take ``node``'s link down at the bridge (``ip link set nodeN down`` there): to
+        the others its machine is gone.  The monotonic clock just before and just after
+        ``ip`` ran, in the same clock as the probe's."""
+        result = await self.lab("exec", "bridge", "--", sys.executable, "-c", CUT, f"node{node}")
         self.assertEqual(result.code, 0, result.text)
+        before, after = (float(t) for t in result.stdout.split())
+        return before, after
 
     async def kill(self, node: int) -> None:
         result = await self.lab("kill", f"node{node}")
@@ -142,7 +153,7 @@ class LabFailoverTests(LabTestCase):
         probe = spawn(argv, Child("the probe"), env=env)
         self.addCleanup(probe.terminate)
         await probe.when_printed(lambda out: b"ready" in out, "the probe's first success")
-        await self.cut(scheduler)
+        cut_at, cut_done = await self.cut(scheduler)
         Path(marker).touch()
         ended = await probe.when_ended(40.0)
         self.assertEqual(ended.code, 0, probe.output())
@@ -152,20 +163,33 @@ class LabFailoverTests(LabTestCase):
         failures = [t for t, ok in attempts if not ok]
         gaps = [(b - a, a) for a, b in itertools.pairwise(successes)]
         gap, since = max(gaps) if gaps else (0.0, 0.0)
+        # The outage as the array made it: from the cut to the first success after the last
+        # failure (the gap above also holds how long the last success before it took).
+        last_failure = max((t for t in failures if t >= cut_at), default=cut_done)
+        back = min((t for t in successes if t > last_failure), default=float("nan"))
         print(
             f"\nlink down: {len(attempts)} probes, {len(failures)} failed; longest gap between "
-            f"successful new connections {gap:.3f} s (bound {bound:.1f} s)"
+            f"successful new connections {gap:.3f} s (bound {bound:.1f} s); from the cut "
+            f"(ip took {cut_done - cut_at:.3f} s) to new connections succeeding again "
+            f"{back - cut_at:.3f} s"
         )
         self.assertTrue(successes, "no probe succeeded")
         self.assertGreater(successes[-1], report["marked"], "nothing succeeded after the cut")
         self.assertLessEqual(gap, bound, f"gap {gap:.3f} s from t={since}")
 
         new = await self.one_scheduler_but(scheduler)
+        packets = (await self.node_status(new))["packets"]
+        self.assertTrue(packets["forwarding"], packets)
+        self.assertGreater(packets["arp_announced"], 0, packets)
         # The client's ARP entry for the VIP follows the new scheduler (its announcements).
         neigh = await self.lab("exec", "client", "--", "ip", "-j", "neigh", "show", VIP)
         self.assertEqual(neigh.code, 0, neigh.text)
         macs = [e.get("lladdr") for e in json.loads(neigh.stdout or "[]")]
-        print(f"new scheduler node{new}; the client's ARP entry for the VIP: {macs}")
+        print(
+            f"new scheduler node{new} (announced the VIP {packets['arp_announced']} times, "
+            f"answered {packets['arp_answered']} ARP requests); the client's ARP entry for "
+            f"the VIP: {macs}"
+        )
         self.assertEqual(macs, [MACS[new]], neigh.text)
 
     # -- 2. long downloads across the failover -------------------------------------------
