@@ -23,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dlba"
 PURE = frozenset(
     {
         "dlba",
+        "dlba.arpframes",
         "dlba.certs",
         "dlba.clienttable",
         "dlba.config",

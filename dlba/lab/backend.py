@@ -2,7 +2,8 @@
 
 The demo's back end (``dlba.demo``, the one ``twistd dlba --demo`` runs): it answers any
 path with ``backend J answered ...``, an ``X-Backend: J`` header and a ``JSESSIONID``
-cookie, so every answer says which web server served it.  It runs until SIGTERM.
+cookie, so every answer says which web server served it; ``/download?bytes=N&rate=R`` is a
+slow download of ``N`` checkable bytes (``dlba.demo``).  It runs until SIGTERM.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ARP for the VIP, with scapy (control only: a few frames a second, never per data frame).
+"""ARP for the VIP on a packet socket (the frames come from ``dlba.arpframes``).
 
 While this node is scheduler it answers ``who-has VIP`` with its own MAC, and on taking
 over it announces the VIP with gratuitous ARP a few times, spaced, so that a peer or a
@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dlba.arpframes import ETH_P_ARP, announcement, arp_reply
 from dlba.packet.bpf import arp_request_filter
 from dlba.packet.rawio import packet_socket
 
@@ -23,35 +24,9 @@ __all__ = ["ANNOUNCE_DELAYS", "ArpSpeaker", "announcement", "arp_reply"]
 
 log = Logger(namespace="dlba.packet.arp")
 
-ETH_P_ARP = 0x0806
 # Seconds after the takeover: at once, then spaced out.  Linux ignores a neighbour update
 # within locktime (1 s by default) of the last, so the later ones matter too.
 ANNOUNCE_DELAYS = (0.0, 0.1, 0.3, 1.0, 2.0)
-
-
-def arp_reply(request: bytes, vip: str, mac: str) -> bytes | None:
-    """The ``is-at`` answer to ``request`` if it asks for ``vip``, else None."""
-    from scapy.layers.l2 import ARP, Ether
-
-    frame = Ether(request)
-    arp = frame.getlayer(ARP)
-    if arp is None or arp.op != 1 or arp.pdst != vip:
-        return None
-    answer = Ether(dst=frame.src, src=mac) / ARP(
-        op=2, hwsrc=mac, psrc=vip, hwdst=arp.hwsrc, pdst=arp.psrc
-    )
-    return bytes(answer)
-
-
-def announcement(vip: str, mac: str) -> bytes:
-    """A gratuitous ARP request (sender = target = VIP), broadcast: what Linux and most
-    switches take to update an existing entry."""
-    from scapy.layers.l2 import ARP, Ether
-
-    garp = Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / ARP(
-        op=1, hwsrc=mac, psrc=vip, hwdst="00:00:00:00:00:00", pdst=vip
-    )
-    return bytes(garp)
 
 
 @implementer(IReadDescriptor)

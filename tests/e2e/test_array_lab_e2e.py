@@ -105,8 +105,8 @@ class StderrChild(Child):
         self.printed.poke()
 
 
-def pcap_frames(path: str) -> list[tuple[str, str]]:
-    """(source MAC, source IPv4) of every IPv4 frame in a classic pcap file (Ethernet)."""
+def pcap_records(path: str) -> list[bytes]:
+    """Every frame (as captured, maybe cut short) of a classic pcap file of Ethernet."""
     data = Path(path).read_bytes()
     if len(data) < 24:
         raise AssertionError(f"{path} is no pcap file ({len(data)} bytes)")
@@ -124,16 +124,29 @@ def pcap_frames(path: str) -> list[tuple[str, str]]:
     at = 24
     while at + 16 <= len(data):
         _, _, length, _ = struct.unpack(endian + "IIII", data[at : at + 16])
-        frame = data[at + 16 : at + 16 + length]
+        if at + 16 + length > len(data):
+            break  # the last record, half written (tcpdump still runs)
+        frames.append(data[at + 16 : at + 16 + length])
         at += 16 + length
+    return frames
+
+
+def pcap_frames(path: str) -> list[tuple[str, str]]:
+    """(source MAC, source IPv4) of every IPv4 frame in a classic pcap file (Ethernet)."""
+    frames = []
+    for frame in pcap_records(path):
         if len(frame) >= 30 and frame[12:14] == b"\x08\x00":
             mac = ":".join(f"{b:02x}" for b in frame[6:12])
             frames.append((mac, ".".join(str(b) for b in frame[26:30])))
     return frames
 
 
-class ArrayLabTests(TestCase):
+class LabTestCase(TestCase):
+    """A test with a lab of its own: ``up`` brings it up, a cleanup takes it down, and the
+    helpers reach its nodes from the client (tests/e2e/test_lab_failover_e2e.py uses it)."""
+
     timeout = 120
+    tag = "a"  # the first letter of the lab's name: each TestCase class its own
 
     def setUp(self) -> None:
         need_namespaces()
@@ -143,7 +156,7 @@ class ArrayLabTests(TestCase):
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
         # Unique per test and run: never the name of another test's or someone's lab.
         tests = sorted(n for n in dir(self) if n.startswith("test_"))
-        self.name = f"a{os.getpid() % 100000}{tests.index(self._testMethodName) % 10}"
+        self.name = f"{self.tag}{os.getpid() % 100000}{tests.index(self._testMethodName) % 10}"
         self.prefix = prefix_for(self.name)
         self.addCleanup(self.clean_up)
         self.ca = os.path.join(self.dir, "tls", "web-ca.pem")
@@ -203,13 +216,18 @@ class ArrayLabTests(TestCase):
         self.assertEqual(len(answers), len(urls), result.text[-2000:])
         return answers
 
-    async def capture(self, host: str, name: str) -> tuple[StderrChild, str]:
-        """tcpdump in ``host``'s namespace of frames from the VIP, once it listens."""
+    async def capture(
+        self, host: str, name: str, expression: str = f"ip src host {VIP}"
+    ) -> tuple[StderrChild, str]:
+        """tcpdump in ``host``'s namespace of the frames ``expression`` picks (those from
+        the VIP unless told), once it listens; the first 64 bytes of each, written as they
+        come (--immediate-mode -U: the file can be read while tcpdump runs)."""
         path = os.path.join(self.dir, f"{name}.pcap")
         argv, env = lab_argv("exec", "--dir", self.dir, host, "--")
         # -Z root: writes into this test's directory (root's, 0700), no privilege drop.
-        argv += ["tcpdump", "-i", "eth0", "-n", "-s", "64", "-U", "-Z", "root", "-w", path]
-        argv += [f"ip src host {VIP}"]
+        argv += ["tcpdump", "-i", "eth0", "-n", "-s", "64", "-U", "--immediate-mode"]
+        argv += ["-Z", "root", "-w", path]
+        argv += [expression]
         child = StderrChild(f"tcpdump in {host}")
         spawn(argv, child, env=env)
         self.addCleanup(child.terminate)  # the PID is tcpdump's: exec execs ip, ip execs it
@@ -223,6 +241,11 @@ class ArrayLabTests(TestCase):
         )
         return child, path
 
+    async def statuses_without(self, dead: int) -> dict[int, dict[str, dict[str, Any]]]:
+        return {n: await self.node_status(n) for n in NODES if n != dead}
+
+
+class ArrayLabTests(LabTestCase):
     async def test_load_spreads_and_replies_bypass_the_scheduler(self) -> None:
         await self.up()
         before = await self.statuses()
@@ -328,6 +351,3 @@ class ArrayLabTests(TestCase):
         self.assertEqual(
             len([n for n, s in after.items() if s["node"]["role"] == "scheduler"]), 1, after
         )
-
-    async def statuses_without(self, dead: int) -> dict[int, dict[str, dict[str, Any]]]:
-        return {n: await self.node_status(n) for n in NODES if n != dead}
