@@ -159,6 +159,22 @@ class ServiceTests(SynchronousTestCase):
         self.svc.stop()  # twice: nothing more
         self.assertEqual(self.io.stops, 1)
 
+    def test_a_node_that_joins_gets_its_mac_in_the_router_and_the_rule(self) -> None:
+        self.svc.startService()
+        self.svc.nodes_changed()  # not scheduler: nothing to do
+        self.assertEqual(self.host.tables(), ["+dlba_guard"])
+        self.svc.start(1)
+        joiner = "02:00:0a:4d:00:1e"
+        grown = NodeStatusTable([*(NodeState(r.number, r.mac, r.ip) for r in self.nodes)])
+        grown = NodeStatusTable([*grown, NodeState(9, joiner, "10.77.0.19")])
+        self.nodes.reconfigure(grown, NodeStatusTable(list(self.nodes)))
+        self.svc.nodes_changed()
+        assert self.io.router is not None
+        self.assertEqual(self.io.router.macs[9], bytes.fromhex(joiner.replace(":", "")))
+        self.assertEqual(self.host.tables(), ["+dlba_guard", "+dlba", "+dlba"])
+        _, rules = self.host.commands[-1]
+        self.assertIn(joiner, json.dumps(rules))
+
     def test_counters_outlive_a_term(self) -> None:
         self.svc.startService()
         self.svc.start(1)

@@ -186,6 +186,19 @@ class PacketSchedulerService(Service):
             term=term,
         )
 
+    def nodes_changed(self) -> None:
+        """The node status table's MACs changed (a reload, a node that joined): frames
+        for a new node's buckets need its MAC, and the ingress rule must let them in."""
+        if self.term is None or self.router is None:
+            return
+        macs = {row.number: row.mac for row in self.nodes if row.mac}
+        self.router.set_macs(macs)
+        try:
+            mac = self.host.mac_of(self.interface)
+            self.host.install_scheduler_rule(self.vip, self.interface, [*macs.values(), mac])
+        except Exception as e:
+            log.error("the nodes changed but the ingress rule did not: {why}", why=str(e))
+
     def stop(self) -> None:
         if self.term is None:
             return
