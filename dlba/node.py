@@ -569,6 +569,7 @@ def make_node_service(
             tries=max(1, config.array.sweep_retries),
             delay=config.array.sweep_delay,
             on_failed=[client_table.node_failed],
+            on_drained=[client_table.node_drained],
         )
     node.report = NodeReport(
         config.node.number,

@@ -285,6 +285,46 @@ class GrowTests(SynchronousTestCase):
         self.assertLessEqual(max(counts.values()) - min(counts.values()), 12, counts)
 
 
+class DrainTests(SynchronousTestCase):
+    def test_a_disabled_node_with_no_connection_left_gives_its_buckets_back(self) -> None:
+        nodes = node_table(1, 1)
+        table = ClientTable(31, nodes, idle_timeout=IDLE, table_id="t")
+        for b in range(10):
+            table.lookup(b, 1.0)
+        sweep = Sweep(
+            nodes,
+            SummaryTable(),
+            timeout=1.0,
+            tries=1,
+            delay=1.0,
+            on_drained=[table.node_drained],
+        )
+        row2 = nodes.get(2)
+        assert row2 is not None
+        row2.enabled = False
+        visits = []
+        for open_connections in (3, 0):
+            for _ in range(2):
+                visit = sweep.next(5.0)
+                assert isinstance(visit, Visit)
+                visits.append(visit.node.number)
+                number = visit.node.number
+                answer = StatusAnswer(number, 0.0, 0, open_connections if number == 2 else 9, ())
+                sweep.answered(visit.node, answer, 5.0)
+                if number == 2 and open_connections:
+                    self.assertEqual(row2.buckets, 5)  # live connections: its buckets stay
+            sweep.next(10.0)
+        self.assertEqual(visits, [1, 2, 1, 2])
+        self.assertEqual(row2.buckets, 0)
+        self.assertEqual(table.buckets_per_node(), {1: 5, 2: 0})
+        self.assertEqual(table.lookup(1, 12.0), 1)  # a drained bucket's next frame: node 1
+        # Enabled again before the hook: it keeps what it holds.
+        row1 = nodes.get(1)
+        assert row1 is not None
+        table.node_drained(1)
+        self.assertEqual(table.buckets_per_node()[1], 6)
+
+
 class SyncTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.nodes = node_table(1, 1, 1)

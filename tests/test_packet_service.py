@@ -372,3 +372,30 @@ class ReaderTests(SynchronousTestCase):
         self.assertEqual(len(sock.sent), 3)
         reader.view.release()
         ring.close()
+
+    def test_ring_reader_reads_past_a_slot_the_kernel_never_filled(self) -> None:
+        import mmap
+        import struct
+
+        from dlba.packet.rawio import RESYNC_AFTER, RING_FRAME, RingFrameReader
+
+        ring = mmap.mmap(-1, RING_FRAME * 4)
+        mac_offset = 80
+        # Slot 0 taken by the kernel and dropped (still TP_STATUS_KERNEL); 1 and 2 hold
+        # frames: the kernel's poll says readable for ever.
+        for i, frame in ((1, self.frames[0]), (2, self.frames[1])):
+            at = i * RING_FRAME
+            body = frame[10:]
+            struct.pack_into("=IIIH", ring, at, 1, len(body), len(body), mac_offset)
+            ring[at + mac_offset - 10 : at + mac_offset + len(body)] = frame
+        sock = FakeSocket([])
+        reader = RingFrameReader(sock, ring, -1, self.router, lambda: 5.0)  # type: ignore[arg-type]
+        for _ in range(RESYNC_AFTER - 1):
+            reader.doRead()  # perhaps still being filled: wait
+        self.assertEqual((len(sock.sent), reader.next), (0, 0))
+        reader.doRead()
+        self.assertEqual(len(sock.sent), 2)
+        self.assertEqual((reader.next, reader.skipped), (3, 1))
+        self.assertEqual([ring[i * RING_FRAME] for i in range(4)], [0, 0, 0, 0])
+        reader.view.release()
+        ring.close()

@@ -185,6 +185,7 @@ TP_STATUS_USER = 1
 RING_FRAME = 2048  # a slot: tpacket2_hdr, the virtio-net header, a frame of ~1,950 bytes
 RING_BLOCK = 1 << 16
 RING_BLOCKS = 64  # 2,048 slots, 4 MiB: a burst of that many frames waits for us
+RESYNC_AFTER = 64  # wake-ups in a row with the next slot empty before looking past it
 
 
 def rx_ring(sock: socket.socket) -> mmap.mmap:
@@ -224,6 +225,8 @@ class RingFrameReader:
         self.batch = batch
         self.dissect = dissect
         self.warned = False
+        self.empty_wakeups = 0  # woken in a row with nothing at the next slot
+        self.skipped = 0  # slots the kernel took but never filled, passed over
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -231,8 +234,36 @@ class RingFrameReader:
     def logPrefix(self) -> str:
         return "dlba.packet"
 
+    def _resync(self) -> None:
+        """Woken again and again with nothing at the next slot: the kernel moved its head
+        past a slot it never handed over (it can drop a frame after taking its slot, e.g.
+        when it cannot fill the virtio-net header), so its poll says readable while this
+        reader would wait at the hole for ever, spinning (seen under a flood of small
+        frames).  Go on from the first slot that holds a frame."""
+        ring, slots = self.ring, self.slots
+        for step in range(1, slots):
+            slot = (self.next + step) % slots
+            if ring[slot * RING_FRAME] & TP_STATUS_USER:
+                self.skipped += step
+                if self.skipped == step:  # the first time
+                    log.warn(
+                        "the receive ring had {holes} slot(s) the kernel never filled; "
+                        "reading on past them",
+                        holes=step,
+                    )
+                self.next = slot
+                return
+
     def doRead(self) -> None:
         ring, view, slots = self.ring, self.view, self.slots
+        if not ring[self.next * RING_FRAME] & TP_STATUS_USER:
+            # A slot being filled on another CPU right now is done within microseconds:
+            # only a wait that lasts is a hole.
+            self.empty_wakeups += 1
+            if self.empty_wakeups < RESYNC_AFTER:
+                return
+            self._resync()
+        self.empty_wakeups = 0
         send, route, local_fd, write = self.sock.send, self.router.route, self.local_fd, os.write
         unpack = struct.unpack_from
         now = self.clock()
