@@ -174,6 +174,19 @@ def grown(state: State) -> tuple[Plan, Host]:
     return plan, plan.node(number)
 
 
+def append_node(text: str, host: Host) -> str:
+    """The config ``text`` the array runs (what ``up`` wrote, or a config pushed since)
+    with ``host`` appended to ``[[array.node]]``: the rest stays as the operator left it.
+    A TOML array of tables may grow anywhere in the file, so the new table goes last."""
+    assert host.ip is not None and host.mac is not None
+    table = _table(
+        "[[array.node]]",
+        {"number": host.number, "mac": host.mac, "ip": host.ip},
+        f"Appended by dlba-lab add-node: {host.name} joins the running array.",
+    )
+    return text.rstrip("\n") + "\n\n" + "\n".join(table)
+
+
 def push_problem(report: dict[str, Any]) -> str | None:
     """Why ``dlba-ctl push --json``'s ``report`` is no commit, or None if it is one."""
     errors = report.get("errors") or {}

@@ -224,6 +224,23 @@ class GrowTests(SynchronousTestCase):
         self.assertEqual(dataclasses.replace(new.array, nodes=old.array.nodes), old.array)
         self.assertEqual(new.pools, old.pools)
 
+    def test_a_pushed_config_keeps_its_changes_when_a_node_is_appended(self) -> None:
+        plan, host = labplan.grown(a_state())
+        pushed = labplan.config_text(a_state().plan, "/lab").replace(
+            "[array]\n", "[array]\nbucket_idle_timeout = 4.0\n"
+        )
+        text = labplan.append_node(pushed, host)
+        self.assertTrue(text.startswith(pushed.rstrip("\n")))
+        config = parse(text, "dlba.toml")
+        self.assertEqual(config.array.bucket_idle_timeout, 4.0)
+        self.assertEqual(
+            [(n.number, n.ip, n.mac) for n in config.array.nodes],
+            [(1, "10.77.0.11", "02:00:0a:4d:00:0b"), (2, "10.77.0.12", "02:00:0a:4d:00:0c")],
+        )
+        self.assertEqual(
+            parse(labplan.config_text(plan, "/lab"), "d").array.nodes, config.array.nodes
+        )
+
     def test_not_when_full_or_not_up(self) -> None:
         full = a_state()
         full.nodes = labplan.MAX_NODES

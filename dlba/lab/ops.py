@@ -42,6 +42,7 @@ from dlba.labplan import (
     Plan,
     Process,
     State,
+    append_node,
     config_text,
     grown,
     is_lab_namespace,
@@ -693,7 +694,7 @@ def add_node(directory: str, timeout: float, io: Output) -> int:
         netns.attach(plan, host)
         write_node_certificate(d, host)
         new_config = os.path.join(d, CONFIG_FILE + ".new")
-        write_atomically(new_config, config_text(plan, d).encode(), 0o644)
+        write_atomically(new_config, grown_config(d, host).encode(), 0o644)
         report = push(state, new_config)
         problem = push_problem(report)
         if problem is not None:
@@ -725,6 +726,30 @@ def add_node(directory: str, timeout: float, io: Output) -> int:
             "sweep hears it\n"
         )
         return 0
+
+
+def grown_config(d: str, host: Host) -> str:
+    """The config the array runs now (pushes included) with ``host`` appended; refused if
+    it does not describe the lab's nodes before it."""
+    from dlba.config import parse
+    from dlba.errors import ConfigError, ConfigErrors
+
+    path = os.path.join(d, CONFIG_FILE)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise LabError(f"{path}: cannot read: {e.strerror}") from None
+    grown_text = append_node(text, host)
+    try:
+        numbers = [n.number for n in parse(grown_text, path).array.nodes]
+    except (ConfigError, ConfigErrors) as e:
+        raise LabError(f"{path} with {host.name} appended is refused: {e}") from None
+    if numbers != list(range(1, host.number + 1)):
+        raise LabError(
+            f"{path} names the nodes {numbers[:-1]}, not 1..{host.number - 1}: "
+            "it is not this lab's array (edit it back, or dlba-lab down, then up)"
+        )
+    return grown_text
 
 
 def write_node_certificate(d: str, host: Host) -> None:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,33 @@ async def main():
           flush=True)
 asyncio.run(main())
 """
+
+
+# One HTTPS request on a new connection from each given client port, one after the other
+# (SO_REUSEADDR: the port may be in TIME_WAIT from the last pass); prints the statuses
+# as JSON, 0 for a failure.  The same ports again hit the same buckets.
+FROM_PORTS = r"""
+import json, socket, ssl, sys
+vip, ca, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3].split(",")]
+ctx = ssl.create_default_context(cafile=ca)
+out = []
+for port in ports:
+    try:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        raw.settimeout(10)
+        raw.bind(("", port))
+        raw.connect((vip, 443))
+        with ctx.wrap_socket(raw, server_hostname=vip) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: " + vip.encode() + b"\r\nConnection: close\r\n\r\n")
+            out.append(int(s.recv(64).split(b" ")[1]))
+    except (OSError, ValueError, IndexError):
+        out.append(0)
+print(json.dumps(out), flush=True)
+"""
+# Below the ephemeral range (32768-60999), so no other connection of the client takes them.
+PORTS = list(range(30000, 30012))
+IDLE = 4.0  # the grow test's bucket_idle_timeout, pushed before the node is added
 
 
 def flood_frames(path: str, dst: str, count: int = 256, size: int = 60) -> None:
@@ -259,19 +287,64 @@ class GrowLabTests(TestCase):
         report: dict[str, Any] = json.loads(ended.stdout.splitlines()[-1])
         return report
 
+    async def from_ports(self, ports: list[int]) -> list[int]:
+        """FROM_PORTS in the client namespace: each port's status."""
+        ports_arg = ",".join(str(p) for p in ports)
+        result = await self.in_client(sys.executable, "-c", FROM_PORTS, VIP, self.ca, ports_arg)
+        self.assertEqual(result.code, 0, result.text)
+        statuses: list[int] = json.loads(result.stdout.splitlines()[-1])
+        return statuses
+
+    async def push_idle_timeout(self, seconds: float) -> None:
+        """Push the lab's config with ``[array] bucket_idle_timeout = seconds``."""
+        text = Path(self.config).read_text()
+        pushed = os.path.join(self.dir, "pushed.toml")
+        Path(pushed).write_text(
+            text.replace("[array]\n", f"[array]\nbucket_idle_timeout = {seconds}\n", 1)
+        )
+        result = await self.ctl("push", pushed)
+        self.assertEqual(result.code, 0, result.text)
+
     # -- the tests ----------------------------------------------------------------------------
 
     async def test_a_node_added_gets_only_idle_buckets_and_no_connection_breaks(self) -> None:
         await self.up(2)
         scheduler = await self.scheduler(2)
+        # Buckets go idle after IDLE s here (add-node keeps what was pushed), so the
+        # buckets of the first requests from PORTS are idle by the time node 3 is up.
+        await self.push_idle_timeout(IDLE)
+        self.assertEqual(await self.from_ports(PORTS), [200] * len(PORTS))
         holder, ports, marker = await self.hold()
         size, before = await self.owners(scheduler)
         held = {bucket_of(CLIENT_IP, port, size): port for port in ports}
+        warm = {bucket_of(CLIENT_IP, port, size) for port in PORTS} - set(held)
         self.assertTrue(all(before.get(b, -1) in (1, 2) for b in held), held)
+        self.assertTrue(all(before.get(b, -1) in (1, 2) for b in warm), warm)
 
         added = await self.lab("add-node", deadline=90.0)
         self.assertEqual(added.code, 0, added.text)
         self.assertIn("node3", added.stdout, added.text)
+        grown = tomllib.loads(Path(self.config).read_text())["array"]
+        self.assertEqual(grown["bucket_idle_timeout"], IDLE, "add-node undid a push")
+
+        # Once the sweep has heard node 3, requests from PORTS again: their buckets are
+        # idle, and node 3 holds the fewest, so they move there (a pass that comes too
+        # early only touches them: the next one, IDLE s later, moves them).
+        async def node3_heard() -> bool:
+            return not (await self.node_rows(scheduler))[3]["failed"]
+
+        await self.until(node3_heard, "the scheduler's sweep to hear node 3")
+        again: list[int] = []
+
+        async def idle_ones_moved() -> int:
+            again.extend(await self.from_ports(PORTS))
+            _, now = await self.owners(scheduler)
+            if not any(now.get(b) == 3 for b in warm):
+                await deferLater(reactor, IDLE, lambda: None)  # let them go idle again
+                return 0
+            return 1
+
+        await self.until(idle_ones_moved, "an idle bucket to move to node 3", 40.0)
 
         # New connections reach node 3 once the scheduler's sweep has heard it (add-node's
         # own readiness check went to node 3's ip: that is the baseline).
@@ -289,12 +362,17 @@ class GrowLabTests(TestCase):
         got = sorted(b for b, n in after.items() if n == 3)
         new = [b for b in got if before.get(b, -1) == -1]
         idle = [b for b in got if before.get(b, -1) != -1]
+        self.assertEqual(set(again), {200}, again)
+        # Every bucket node 3 took from another node was idle: no held one (below), and
+        # some of the PORTS' ones.
+        self.assertTrue(set(idle) & warm, "no idle bucket moved to node 3")
         moved = {b: (before.get(b, -1), after.get(b, -1)) for b in held}
         failed = Counter(status for status, *_ in answers if status != "200")
         print(
             f"\ngrow: {len(ports)} held connections, {sum(report['answered'])} answers on "
             f"them, broken {report['broken']}; node 3: {served} connections, {len(got)} "
-            f"buckets ({len(new)} unassigned before, {len(idle)} idle ones moved); held "
+            f"buckets ({len(new)} unassigned before, {len(idle)} idle ones moved, of "
+            f"{len(warm)} idle); held "
             f"buckets before -> after {sorted(set(moved.values()))}; {len(answers)} new "
             f"connections, failures {dict(failed)}"
         )
