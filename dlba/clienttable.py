@@ -18,7 +18,8 @@ bucket being placed does not count as load on its own node.
 - An idle bucket is placed again on its next frame; if that picks its own node, nothing
   changes and the version does not move.  This is how a node that joins gets traffic
   gradually, without breaking live connections.
-- A failed node's buckets go back to -1 at once (`node_failed`, the sweep's hook).  A bucket
+- A failed node's buckets go back to -1 at once (`node_failed`, the sweep's hook), and so
+  do a disabled node's once it reports no open connection (`node_drained`): drained.  A bucket
   still naming a failed or unknown node (a table taken over from another scheduler) is
   placed again on its next frame.
 - No node can take a bucket: it becomes -1 and `lookup` answers -1 (the caller drops the
@@ -113,6 +114,15 @@ class ClientTable:
         for bucket, node in enumerate(self._node):
             if node == number:
                 self._set(bucket, UNASSIGNED)
+
+    def node_drained(self, number: int) -> None:
+        """The sweep's hook for a disabled node that reports no open connection: its
+        buckets carry nothing live, so they go back to -1 now (its bucket count falls to
+        0) instead of waiting, each, for a frame after it goes idle.  A node enabled again
+        meanwhile keeps them."""
+        row = self.nodes.get(number)
+        if row is not None and not row.enabled:
+            self.node_failed(number)
 
     def node_rejoined(self, number: int) -> None:
         """The sweep's other hook.  Nothing to do: a node that returns gets new and idle

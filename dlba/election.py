@@ -28,6 +28,11 @@ The rules:
   ``[[array.node]]`` order claims the next term; the others wait for its claim.  A running
   scheduler is never pre-empted by a node earlier in the order that comes back: a takeover
   costs the array its in-flight frames, so it happens only when needed.
+- Nodes may join a running array (`Election.add_nodes`, on a config push that appends
+  ``[[array.node]]`` entries): they go at the end of the order, so no member's rank and no
+  claimed term's owner changes, and a newcomer is not live until heard from.  Terms claimed
+  before and after the order grew can share a number only across a push half done, and the
+  tie-break above settles those.  Removing or reordering nodes is not done at run time.
 - A starting node asks its peers (`AskScheduler`) and claims nothing for a start-up grace
   (``ping_interval * ping_misses`` unless given): the highest term it hears wins.  If no
   live scheduler turns up, the first live node in order claims with a term above all seen.
@@ -181,6 +186,28 @@ class Election:
 
     def live_nodes(self) -> list[int]:
         return [n for n in self.order if self.live(n)]
+
+    # -- membership -------------------------------------------------------------------------
+
+    def add_nodes(self, order: Iterable[int]) -> tuple[int, ...]:
+        """Take a new order that is the current one with nodes appended; returns the nodes
+        added.  ``ValueError`` (nothing changed) for anything else: a node removed, moved
+        or listed twice cannot be taken by a running election."""
+        new = tuple(order)
+        if new[: len(self.order)] != self.order:
+            raise ValueError(
+                f"the order {new} does not start with the running one {self.order}: "
+                "only nodes appended can join at run time"
+            )
+        added = new[len(self.order) :]
+        if len(set(new)) != len(new):
+            raise ValueError(f"a node twice in the order {new}")
+        for node in added:
+            self._rank[node] = len(self._rank)
+            self._misses[node] = 0
+        self.order = new
+        self.peers = tuple(n for n in self.order if n != self.own)
+        return added
 
     # -- inputs ---------------------------------------------------------------------------
 

@@ -160,6 +160,50 @@ def make_plan(nodes: int, backends: int, name: str = "") -> Plan:
     return Plan(prefix_for(name), nodes, backends)
 
 
+def grown(state: State) -> tuple[Plan, Host]:
+    """The plan of ``state``'s lab with one node more, and that node (``add-node``): the
+    next number, so it is appended to ``[[array.node]]`` and joins the running array."""
+    if state.phase != "up":
+        raise LabError(
+            "the lab is not up (an up or add-node did not finish): dlba-lab down, then up"
+        )
+    number = state.nodes + 1
+    if number > MAX_NODES:
+        raise LabError(f"the lab has {state.nodes} nodes already, the most it can hold", status=2)
+    plan = Plan(state.prefix, number, state.backends)
+    return plan, plan.node(number)
+
+
+def append_node(text: str, host: Host) -> str:
+    """The config ``text`` the array runs (what ``up`` wrote, or a config pushed since)
+    with ``host`` appended to ``[[array.node]]``: the rest stays as the operator left it.
+    A TOML array of tables may grow anywhere in the file, so the new table goes last."""
+    assert host.ip is not None and host.mac is not None
+    table = _table(
+        "[[array.node]]",
+        {"number": host.number, "mac": host.mac, "ip": host.ip},
+        f"Appended by dlba-lab add-node: {host.name} joins the running array.",
+    )
+    return text.rstrip("\n") + "\n\n" + "\n".join(table)
+
+
+def push_problem(report: dict[str, Any]) -> str | None:
+    """Why ``dlba-ctl push --json``'s ``report`` is no commit, or None if it is one."""
+    errors = report.get("errors") or {}
+    if errors:
+        number, why = sorted(errors.items())[0]
+        first = str(why).splitlines()[0] if why else "refused"
+        return f"node {number} refused the new config: {first}"
+    if not report.get("committed"):
+        return "no node committed the new config"
+    return None
+
+
+def not_reached(report: dict[str, Any], joining: int) -> list[int]:
+    """The nodes a push did not reach, but the one joining (it is not started yet)."""
+    return sorted(int(n) for n in (report.get("down") or {}) if int(n) != joining)
+
+
 def is_lab_namespace(namespace: str, prefix: str) -> bool:
     """Whether ``namespace`` is one a lab with ``prefix`` makes (and not another lab's:
     ``dlbalab-t1-client`` is not the default lab's, whose names are ``dlbalab-ROLE``)."""

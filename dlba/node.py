@@ -202,6 +202,7 @@ def ticket_key_service(node: NodeService, reactor: Any) -> Service:
         from dlba.client import ArrayClient
 
         client = ArrayClient(config, reactor, certificate=config.tls.node_certificate, timeout=2)
+        node.array_clients.append(client)
 
     def is_scheduler() -> bool:
         if node.failover is not None:
@@ -262,6 +263,8 @@ class NodeService(MultiService):
         self.report: NodeReport | None = None
         self.control: Any = None  # the ControlPlane, when [listen] sync is set
         self.failover: Any = None  # the FailoverService, when the election runs
+        # The control-plane clients that find peers by the config: a reload moves them.
+        self.array_clients: list[Any] = []
         self.tls_context: Any = None  # the https listener's ServerTLSContextFactory
         self.ticket_keys: Any = None  # its TicketKeys, the same ring across reloads
         # Reads the config file again as at start (--node, --state-dir): SIGHUP's source.
@@ -424,6 +427,13 @@ class NodeService(MultiService):
         if report is None:
             return
         removed = report.nodes.reconfigure(array_nodes(new), array_nodes(old))
+        for client in self.array_clients:
+            client.config = new
+        if self.failover is not None:
+            self.failover.nodes_changed(new)  # nodes appended join the election
+        packets = self.namedServices.get("packet")
+        if packets is not None:
+            packets.nodes_changed()  # a new node's MAC, while forwarding
         sweep = self.namedServices.get("sweep")
         if isinstance(sweep, SweepService):
             a = new.array
@@ -559,6 +569,7 @@ def make_node_service(
             tries=max(1, config.array.sweep_retries),
             delay=config.array.sweep_delay,
             on_failed=[client_table.node_failed],
+            on_drained=[client_table.node_drained],
         )
     node.report = NodeReport(
         config.node.number,

@@ -122,6 +122,40 @@ def sweeps(config: Config) -> bool:
     return bool(config.listen.status) and scheduler_of(config) == config.node.number
 
 
+def joined(old: Config, new: Config) -> tuple[int, ...]:
+    """The nodes ``new`` appends to ``old``'s ``[[array.node]]`` (empty when the numbers
+    before them are not ``old``'s, in its order: see ``membership_problems``)."""
+    before = [n.number for n in old.array.nodes]
+    after = [n.number for n in new.array.nodes]
+    if after[: len(before)] != before:
+        return ()
+    return tuple(after[len(before) :])
+
+
+def membership_problems(old: Config, new: Config) -> list[str]:
+    """What of a change of ``[[array.node]]`` the running election cannot take.  Nodes
+    appended with new numbers join at run time (keepalived- or IPVS-like: the others keep
+    their priority, and the newcomer gets only new and idle buckets); a node removed or
+    moved changes the others' priority and needs a restart of every node."""
+    before = [n.number for n in old.array.nodes]
+    after = [n.number for n in new.array.nodes]
+    gone = [n for n in before if n not in after]
+    if gone:
+        names = ", ".join(str(n) for n in gone)
+        return [
+            f"array.node: node {names} removed: removing a node needs a restart of every "
+            "node (disable it with dlba-ctl node disable to drain it meanwhile); only "
+            "nodes appended at the end join at run time"
+        ]
+    if after[: len(before)] != before:
+        return [
+            f"array.node: the order {before} would become {after}: the order is the "
+            "election's priority and changes only with a restart; only nodes appended at "
+            "the end join at run time"
+        ]
+    return []
+
+
 def check_reloadable(old: Config, new: Config) -> list[str]:
     """What in ``new`` the node running ``old`` cannot take without a restart, one line
     each, the key first ("array.table_size: needs a restart (...)"); empty if none."""
@@ -141,12 +175,8 @@ def check_reloadable(old: Config, new: Config) -> list[str]:
     if failover_on(old) != failover_on(new):
         doing = "start" if failover_on(new) else "stop"
         problems.append(f"listen.sync: the election would {doing}: needs a restart")
-    elif failover_on(old) and [n.number for n in old.array.nodes] != [
-        n.number for n in new.array.nodes
-    ]:
-        problems.append(
-            "array.node: the election's nodes and their order are set at start: needs a restart"
-        )
+    elif failover_on(old):
+        problems += membership_problems(old, new)
     if sweeps(old) != sweeps(new):
         status_moved = bool(old.listen.status) != bool(new.listen.status)
         key = "listen.status" if status_moved else "array.node"
@@ -264,6 +294,7 @@ class ConfigDiff:
     # (key, before, after) for the keys applied to what comes after.
     settings: tuple[tuple[str, Any, Any], ...] = ()
     nodes: bool = False  # [[array.node]]: the node status table's static columns
+    joined: tuple[int, ...] = ()  # nodes appended to [[array.node]]: they join the array
     pools_added: tuple[str, ...] = ()
     pools_removed: tuple[str, ...] = ()
     pools_changed: tuple[str, ...] = ()
@@ -286,6 +317,10 @@ class ConfigDiff:
         lines += [f"{key}: {before!r} -> {after!r}" for key, before, after in self.settings]
         if self.nodes:
             lines.append("array.node: the node status table's static columns")
+        lines += [
+            f"array.node: node {n} joins (new and idle buckets once the sweep hears it)"
+            for n in self.joined
+        ]
         lines += [f"pool {name}: added" for name in self.pools_added]
         lines += [f"pool {name}: removed" for name in self.pools_removed]
         lines += [f"pool {name}: changed" for name in self.pools_changed]
@@ -325,6 +360,7 @@ def diff(old: Config, new: Config) -> ConfigDiff:
         access_log=old.log.access_log != new.log.access_log,
         settings=tuple(settings),
         nodes=old.array.nodes != new.array.nodes,
+        joined=joined(old, new),
         pools_added=tuple(n for n in pools_after if n not in pools_before),
         pools_removed=tuple(n for n in pools_before if n not in pools_after),
         pools_changed=tuple(

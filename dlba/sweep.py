@@ -108,6 +108,7 @@ class Sweep:
         delay: float,
         on_failed: Iterable[NodeHook] = (),
         on_rejoined: Iterable[NodeHook] = (),
+        on_drained: Iterable[NodeHook] = (),
     ) -> None:
         if tries < 1:
             raise ValueError("a sweep tries each node at least once")
@@ -119,6 +120,8 @@ class Sweep:
         # The client table's "node failed" hook goes here once the table exists.
         self.on_failed = list(on_failed)
         self.on_rejoined = list(on_rejoined)
+        # A disabled node that answers with no open connection and still holds buckets.
+        self.on_drained = list(on_drained)
         self._order = list(nodes)
         self._index = 0
         self._attempt = 1
@@ -192,6 +195,9 @@ class Sweep:
         if node.failed:
             node.failed = False
             for hook in self.on_rejoined:
+                hook(node.number)
+        if not node.enabled and node.buckets and not answer.open_connections:
+            for hook in self.on_drained:
                 hook(node.number)
         self._advance(now)
 

@@ -329,11 +329,15 @@ class NodeStatusTable:
         """Take the static columns of ``static`` (a new config's nodes, in their order);
         ``was`` is what the config said before.  A node kept keeps its row and what the
         sweep learnt of it; ``enabled`` follows the config only where the config changed it,
-        so a node disabled at run time stays disabled.  Returns the numbers removed."""
+        so a node disabled at run time stays disabled.  A node that joins starts failed,
+        until the sweep hears it, so no bucket is given to a node not yet answering.
+        Returns the numbers removed."""
         rows: dict[int, NodeState] = {}
         for new in static:
             row = self._rows.get(new.number)
             if row is None:
+                new.failed = True
+                new.last_error = "joined: not yet heard by the sweep"
                 rows[new.number] = new
                 continue
             row.mac, row.ip, row.weight = new.mac, new.ip, new.weight

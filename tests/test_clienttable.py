@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dlba.clienttable import UNASSIGNED, ClientTable
 from dlba.hashing import bucket_of
-from dlba.sweep import Sweep, Visit
+from dlba.sweep import StatusAnswer, Sweep, Visit
 from dlba.tables import NodeState, NodeStatusTable, SummaryTable
 
 IDLE = 300.0
@@ -241,6 +241,88 @@ class FailedNodeTests(SynchronousTestCase):
         sweep.missed(node, "refused", 5.0)
         self.assertEqual(node.buckets, 0)
         self.assertNotIn(1, self.table.owners())
+
+
+class GrowTests(SynchronousTestCase):
+    """A node added to a running array by a config push (``NodeStatusTable.reconfigure``):
+    it takes nothing until the sweep hears it, then only new and idle buckets."""
+
+    def test_a_node_that_joins_gets_only_idle_and_new_buckets(self) -> None:
+        nodes = node_table(1, 1)
+        table = ClientTable(101, nodes, idle_timeout=IDLE, table_id="t")
+        for b in range(40):
+            table.lookup(b, 0.0)
+        busy = set(range(0, 40, 2))  # still in use at 500 s; the odd ones went idle
+        for b in busy:
+            table.lookup(b, 400.0)
+        before = table.owners()
+        nodes.reconfigure(node_table(1, 1, 1), node_table(1, 1))
+        joiner = nodes.get(3)
+        assert joiner is not None and joiner.failed
+        # Not yet heard: an idle bucket's next frame stays on its node, new ones avoid 3.
+        self.assertNotEqual(table.lookup(1, 500.0), 3)
+        self.assertNotEqual(table.lookup(41, 500.0), 3)
+        sweep = Sweep(nodes, SummaryTable(), timeout=1.0, tries=1, delay=1.0)
+        while not isinstance(visit := sweep.next(501.0), Visit) or visit.node.number != 3:
+            assert isinstance(visit, Visit)
+            sweep.answered(visit.node, StatusAnswer(visit.node.number, 0.0, 0, 0, ()), 501.0)
+        sweep.answered(joiner, StatusAnswer(3, 0.0, 0, 0, ()), 501.0)
+        self.assertFalse(joiner.failed)
+        version = table.version
+        self.assertEqual(table.lookup(60, 502.0), 3)  # a new bucket
+        got = [b for b in range(3, 40, 2) if table.lookup(b, 502.0) == 3]
+        for b in busy:
+            self.assertEqual(table.lookup(b, 502.0), before[b])
+        changed = table.changes_since(version, "t")
+        assert changed is not None
+        self.assertEqual(set(changed[1]), {*got, 60})
+        self.assertFalse(busy & set(changed[1]))
+        self.assertEqual(set(changed[1].values()), {3})
+        # Idle buckets went to it until it held its share, not all of them.
+        self.assertTrue(got, changed)
+        self.assertLess(len(got), 19)
+        counts = table.buckets_per_node()
+        self.assertLessEqual(max(counts.values()) - min(counts.values()), 12, counts)
+
+
+class DrainTests(SynchronousTestCase):
+    def test_a_disabled_node_with_no_connection_left_gives_its_buckets_back(self) -> None:
+        nodes = node_table(1, 1)
+        table = ClientTable(31, nodes, idle_timeout=IDLE, table_id="t")
+        for b in range(10):
+            table.lookup(b, 1.0)
+        sweep = Sweep(
+            nodes,
+            SummaryTable(),
+            timeout=1.0,
+            tries=1,
+            delay=1.0,
+            on_drained=[table.node_drained],
+        )
+        row2 = nodes.get(2)
+        assert row2 is not None
+        row2.enabled = False
+        visits = []
+        for open_connections in (3, 0):
+            for _ in range(2):
+                visit = sweep.next(5.0)
+                assert isinstance(visit, Visit)
+                visits.append(visit.node.number)
+                number = visit.node.number
+                answer = StatusAnswer(number, 0.0, 0, open_connections if number == 2 else 9, ())
+                sweep.answered(visit.node, answer, 5.0)
+                if number == 2 and open_connections:
+                    self.assertEqual(row2.buckets, 5)  # live connections: its buckets stay
+            sweep.next(10.0)
+        self.assertEqual(visits, [1, 2, 1, 2])
+        self.assertEqual(row2.buckets, 0)
+        self.assertEqual(table.buckets_per_node(), {1: 5, 2: 0})
+        self.assertEqual(table.lookup(1, 12.0), 1)  # a drained bucket's next frame: node 1
+        # Enabled again before the hook: it keeps what it holds.
+        row1 = nodes.get(1)
+        assert row1 is not None
+        table.node_drained(1)
+        self.assertEqual(table.buckets_per_node()[1], 6)
 
 
 class SyncTests(SynchronousTestCase):

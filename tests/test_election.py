@@ -246,6 +246,46 @@ class StepTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             Election(1, [1, 2], ping_interval=INTERVAL, ping_misses=0)
 
+    def test_a_node_appended_at_run_time_joins(self) -> None:
+        one = Election(1, [1, 2], ping_interval=INTERVAL, ping_misses=MISSES)
+        one.tick(0.0)
+        one.pong(2, None, 0, 0.1)
+        for k in range(1, MISSES + 1):
+            one.tick(k * INTERVAL)
+            one.pong(2, one.scheduler, one.term, k * INTERVAL)
+        self.assertEqual(one.role, "scheduler")
+        term = one.term
+        # Before the push, node 3 is a stranger: its pings are no evidence.
+        self.assertEqual(one.pinged_by(3, None, 0, 2.0), [])
+        self.assertEqual(one.add_nodes([1, 2, 3]), (3,))
+        self.assertEqual((one.order, one.peers), ((1, 2, 3), (2, 3)))
+        self.assertFalse(one.live(3))  # not until heard from
+        self.assertEqual(pings(one.tick(2.5)), [2, 3])
+        # The newcomer starts with the grown order, asks, and follows the running scheduler.
+        three = Election(3, [1, 2, 3], ping_interval=INTERVAL, ping_misses=MISSES)
+        self.assertEqual(three.tick(2.6)[0], AskScheduler((1, 2)))
+        scheduler, now = one.scheduler, one.term
+        self.assertEqual(three.peer_says(1, scheduler, now, 2.7), [Follow(1, term)])
+        self.assertEqual(one.pinged_by(3, three.scheduler, three.term, 2.8), [])
+        self.assertTrue(one.live(3))
+        self.assertEqual((one.role, one.term), ("scheduler", term))  # no takeover
+        for k in range(6, 12):
+            t = k * INTERVAL
+            self.assertEqual(changes(three.tick(t)), [])
+            three.pong(1, 1, term, t)
+            three.pong(2, 1, term, t)
+        self.assertEqual((three.role, three.scheduler), ("node", 1))
+        self.assertEqual(one.add_nodes([1, 2, 3]), ())  # the same order again: nothing
+
+    def test_only_appending_is_taken_at_run_time(self) -> None:
+        e = self.election(1)
+        for order in ([1, 3, 2], [1, 2], [2, 1, 3, 4], [1, 2, 3, 3], [4, 1, 2, 3]):
+            with self.assertRaises(ValueError):
+                e.add_nodes(order)
+            self.assertEqual(e.order, (1, 2, 3))
+        self.assertEqual(e.add_nodes([1, 2, 3, 5, 4]), (5, 4))
+        self.assertEqual(e.peers, (2, 3, 5, 4))
+
 
 # -- a network in memory -------------------------------------------------------------------
 

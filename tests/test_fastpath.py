@@ -151,3 +151,16 @@ class FastPathTests(SynchronousTestCase):
         self.clock.advance(0)
         assert self.nft.map is not None
         self.assertEqual(sorted(self.nft.map), [1, 2])
+
+    def test_a_node_that_joins_gets_a_chain(self) -> None:
+        import dataclasses
+
+        self.fast.start()
+        self.table.lookup(1, self.clock.seconds())
+        nodes = {**NODES, 4: "02:00:0a:4d:00:0e"}
+        self.fast.replace_program(dataclasses.replace(self.fast.program, nodes=nodes))
+        last = self.nft.transactions[-1]["nftables"]
+        chains = [c["add"]["chain"]["name"] for c in last if "chain" in c.get("add", {})]
+        self.assertIn("to_node4", chains)
+        assert self.nft.map is not None
+        self.assertEqual(sorted(self.nft.map), [1])

@@ -4,6 +4,7 @@ namespaces themselves are tests/e2e/test_lab_e2e.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -13,6 +14,7 @@ from contextlib import redirect_stderr, redirect_stdout
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from dlba import labplan
 from dlba.config import parse, with_node
 from dlba.lab import cli, netns, ops, wait
 from dlba.labplan import (
@@ -206,6 +208,66 @@ class StateTests(SynchronousTestCase):
         self.assertRefused(json.dumps(raw), "prefix")
 
 
+class GrowTests(SynchronousTestCase):
+    def test_the_next_node_is_appended(self) -> None:
+        plan, host = labplan.grown(a_state())
+        self.assertEqual((plan.nodes, plan.backends, host.name), (2, 1, "node2"))
+        self.assertEqual((host.ip, host.namespace), ("10.77.0.12", "dlbalab-node2"))
+        text = labplan.config_text(plan, "/lab")
+        before = labplan.config_text(a_state().plan, "/lab")
+        # The grown config is the old one with node 2 appended to [[array.node]].
+        self.assertEqual(text.count("[[array.node]]"), 2)
+        self.assertLess(text.index("number = 1\nmac"), text.index("number = 2\nmac"))
+        old, new = parse(before, "dlba.toml"), parse(text, "dlba.toml")
+        self.assertEqual(new.array.nodes[:1], old.array.nodes)
+        self.assertEqual(new.array.nodes[1].ip, "10.77.0.12")
+        self.assertEqual(dataclasses.replace(new.array, nodes=old.array.nodes), old.array)
+        self.assertEqual(new.pools, old.pools)
+
+    def test_a_pushed_config_keeps_its_changes_when_a_node_is_appended(self) -> None:
+        plan, host = labplan.grown(a_state())
+        pushed = labplan.config_text(a_state().plan, "/lab").replace(
+            "[array]\n", "[array]\nbucket_idle_timeout = 4.0\n"
+        )
+        text = labplan.append_node(pushed, host)
+        self.assertTrue(text.startswith(pushed.rstrip("\n")))
+        config = parse(text, "dlba.toml")
+        self.assertEqual(config.array.bucket_idle_timeout, 4.0)
+        self.assertEqual(
+            [(n.number, n.ip, n.mac) for n in config.array.nodes],
+            [(1, "10.77.0.11", "02:00:0a:4d:00:0b"), (2, "10.77.0.12", "02:00:0a:4d:00:0c")],
+        )
+        self.assertEqual(
+            parse(labplan.config_text(plan, "/lab"), "d").array.nodes, config.array.nodes
+        )
+
+    def test_not_when_full_or_not_up(self) -> None:
+        full = a_state()
+        full.nodes = labplan.MAX_NODES
+        with self.assertRaises(LabError) as caught:
+            labplan.grown(full)
+        self.assertIn("the most it can hold", str(caught.exception))
+        building = a_state()
+        building.phase = "building"
+        with self.assertRaises(LabError) as caught:
+            labplan.grown(building)
+        self.assertIn("not up", str(caught.exception))
+
+    def test_push_reports(self) -> None:
+        ok = {"committed": True, "errors": {}, "down": {"2": "refused"}, "serial": 3}
+        self.assertIsNone(labplan.push_problem(ok))
+        self.assertEqual(labplan.not_reached(ok, 2), [])
+        self.assertEqual(labplan.not_reached({**ok, "down": {"1": "x", "2": "y"}}, 2), [1])
+        refused = {"committed": False, "errors": {"1": "array.node: the order\nmore"}}
+        self.assertEqual(
+            labplan.push_problem(refused), "node 1 refused the new config: array.node: the order"
+        )
+        self.assertEqual(
+            labplan.push_problem({"committed": False, "errors": {}}),
+            "no node committed the new config",
+        )
+
+
 class ProcStatTests(SynchronousTestCase):
     def test_fields(self) -> None:
         line = "4242 (python3) S 1 4242 4242 0 -1 4194560 " + " ".join(["0"] * 12) + " 987654 0"
@@ -296,6 +358,9 @@ class CommandLineTests(SynchronousTestCase):
         code, _, err = self.main("up", "--nodes", "many")
         self.assertEqual(code, 2)
         self.assertOneLine(err, "--nodes", "dlba-lab")
+        code, _, err = self.main("add-node", "--timeout", "soon")
+        self.assertEqual(code, 2)
+        self.assertOneLine(err, "--timeout", "dlba-lab")
         code, _, err = self.main("frobnicate")
         self.assertEqual(code, 2)
         self.assertOneLine(err)

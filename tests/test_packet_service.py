@@ -211,6 +211,22 @@ class ServiceTests(SynchronousTestCase):
     def test_the_frame_io_provides_its_interface(self) -> None:
         verifyObject(IFrameIO, PacketSocketIO("eth0", VIP, Clock(), self.host))
 
+    def test_a_node_that_joins_gets_its_mac_in_the_router_and_the_rule(self) -> None:
+        self.svc.startService()
+        self.svc.nodes_changed()  # not scheduler: nothing to do
+        self.assertEqual(self.host.tables(), ["+dlba_guard"])
+        self.svc.start(1)
+        joiner = "02:00:0a:4d:00:1e"
+        grown = NodeStatusTable([*(NodeState(r.number, r.mac, r.ip) for r in self.nodes)])
+        grown = NodeStatusTable([*grown, NodeState(9, joiner, "10.77.0.19")])
+        self.nodes.reconfigure(grown, NodeStatusTable(list(self.nodes)))
+        self.svc.nodes_changed()
+        assert self.io.router is not None
+        self.assertEqual(self.io.router.macs[9], bytes.fromhex(joiner.replace(":", "")))
+        self.assertEqual(self.host.tables(), ["+dlba_guard", "+dlba", "+dlba"])
+        _, rules = self.host.commands[-1]
+        self.assertIn(joiner, json.dumps(rules))
+
 
 class RulesetTests(SynchronousTestCase):
     def test_guard(self) -> None:
@@ -566,3 +582,30 @@ class ReaderTests(SynchronousTestCase):
 
         self.assertFalse(bypass_qdisc(ScriptedSetsockopt({PACKET_QDISC_BYPASS})))  # type: ignore[arg-type]
         self.assertTrue(bypass_qdisc(ScriptedSetsockopt(set())))  # type: ignore[arg-type]
+
+    def test_ring_reader_reads_past_a_slot_the_kernel_never_filled(self) -> None:
+        import mmap
+        import struct
+
+        from dlba.packet.rawio import RESYNC_AFTER, RING_FRAME, RingFrameReader
+
+        ring = mmap.mmap(-1, RING_FRAME * 4)
+        mac_offset = 80
+        # Slot 0 taken by the kernel and dropped (still TP_STATUS_KERNEL); 1 and 2 hold
+        # frames: the kernel's poll says readable for ever.
+        for i, frame in ((1, self.frames[0]), (2, self.frames[1])):
+            at = i * RING_FRAME
+            body = frame[10:]
+            struct.pack_into("=IIIH", ring, at, 1, len(body), len(body), mac_offset)
+            ring[at + mac_offset - 10 : at + mac_offset + len(body)] = frame
+        sock = FakeSocket([])
+        reader = RingFrameReader(sock, ring, -1, self.router, lambda: 5.0)  # type: ignore[arg-type]
+        for _ in range(RESYNC_AFTER - 1):
+            reader.doRead()  # perhaps still being filled: wait
+        self.assertEqual((len(sock.sent), reader.next), (0, 0))
+        reader.doRead()
+        self.assertEqual(len(sock.sent), 2)
+        self.assertEqual((reader.next, reader.skipped), (3, 1))
+        self.assertEqual([ring[i * RING_FRAME] for i in range(4)], [0, 0, 0, 0])
+        reader.release()
+        ring.close()

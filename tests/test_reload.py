@@ -491,7 +491,42 @@ class FailoverReloadTests(SynchronousTestCase):
         self.assertTrue(reload.failover_on(old))
         self.assertEqual(check_reloadable(old, failover_config((1, 2, 3))), [])
         [problem] = check_reloadable(old, failover_config((1, 3, 2)))
-        self.assertTrue(problem.startswith("array.node: the election's nodes"), problem)
+        self.assertTrue(problem.startswith("array.node: the order [1, 2, 3] would"), problem)
+        self.assertIn("only nodes appended at the end join at run time", problem)
+        [problem] = check_reloadable(old, failover_config((1, 2, 4, 3)))
+        self.assertTrue(problem.startswith("array.node: the order"), problem)
+
+    def test_removing_a_node_needs_a_restart(self) -> None:
+        old = failover_config((1, 2, 3))
+        [problem] = check_reloadable(old, failover_config((1, 2)))
+        self.assertTrue(problem.startswith("array.node: node 3 removed: removing a node"), problem)
+        self.assertIn("dlba-ctl node disable", problem)
+        [problem] = check_reloadable(old, failover_config((1, 3, 4)))
+        self.assertTrue(problem.startswith("array.node: node 2 removed"), problem)
+
+    def test_a_node_appended_joins_at_run_time(self) -> None:
+        old = failover_config((1, 2))
+        new = failover_config((1, 2, 3))
+        self.assertEqual(check_reloadable(old, new), [])
+        d = diff(old, new)
+        self.assertEqual(d.joined, (3,))
+        self.assertIn(
+            "array.node: node 3 joins (new and idle buckets once the sweep hears it)", d.summary()
+        )
+        self.assertEqual(reload.joined(old, failover_config((1, 2, 3, 5))), (3, 5))
+        self.assertEqual(reload.joined(old, old), ())
+        self.assertEqual(reload.joined(failover_config((1, 2, 3)), old), ())
+
+    def test_a_node_that_joins_at_run_time_waits_for_the_sweep(self) -> None:
+        table = NodeStatusTable([NodeState(n, "", f"10.0.0.{n}") for n in (1, 2)])
+        was = NodeStatusTable([NodeState(n, "", f"10.0.0.{n}") for n in (1, 2)])
+        grown = NodeStatusTable([NodeState(n, "", f"10.0.0.{n}") for n in (1, 2, 3)])
+        self.assertEqual(table.reconfigure(grown, was), [])
+        row = table.get(3)
+        assert row is not None
+        self.assertTrue(row.failed)
+        self.assertIn("joined", row.last_error)
+        self.assertFalse(any(r.failed for r in table if r.number != 3))
 
     def test_starting_the_election_needs_a_restart(self) -> None:
         problems = check_reloadable(failover_config((1, 2), sync=False), failover_config((1, 2)))

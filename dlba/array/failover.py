@@ -21,6 +21,7 @@ from dlba.array import commands as c
 from dlba.array.sweep import SweepService
 from dlba.client import ArrayClient
 from dlba.clienttable import ClientTable
+from dlba.config import Config
 from dlba.election import (
     Action,
     AskScheduler,
@@ -98,6 +99,16 @@ class FailoverService(Service):
     def pinged_by(self, node: int, scheduler: int, term: int) -> None:
         now = self.reactor.seconds()
         self.do(self.election.pinged_by(node, _unwire(scheduler), term, now))
+
+    def nodes_changed(self, config: Config) -> tuple[int, ...]:
+        """A reload's ``[[array.node]]``: nodes appended join the election (``reload``
+        refuses anything else while it runs), and the pings reach them at the addresses
+        of ``config``.  Returns the nodes that joined."""
+        added = self.election.add_nodes(n.number for n in config.array.nodes)
+        self.client.config = config
+        for number in added:
+            log.info("node {joined} joins the election", joined=number)
+        return added
 
     # -- life cycle -----------------------------------------------------------------------
 

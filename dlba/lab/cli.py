@@ -5,6 +5,7 @@
     dlba-lab exec NAME -- CMD...        NAME: client, node1.., web1.., bridge
     dlba-lab kill NODE                  SIGKILL one node's twistd (failover demos)
     dlba-lab start NODE                 start it again
+    dlba-lab add-node                   grow the running array by one node
     dlba-lab down
 
 A mistake a person makes ends the command with one line on stderr, ``dlba-lab: PROBLEM``,
@@ -105,6 +106,25 @@ def parser() -> argparse.ArgumentParser:
         help=f"seconds for it to answer (default {ops.START_TIMEOUT:g})",
     )
 
+    p = subs.add_parser(
+        "add-node",
+        parents=[common],
+        help="grow the running array by one node: its namespace, certificate and config "
+        "pushed with dlba-ctl, then its twistd (it gets new and idle buckets only)",
+        description="Add node N+1 to a running lab the way an operator grows an array: "
+        "make its namespace and link, sign its control-plane certificate with the "
+        "array CA, push the config with it appended to every running node (dlba-ctl "
+        "push: all validate, then all commit), then start its twistd and wait until "
+        "it answers. No live connection moves: the scheduler gives the new node new "
+        "and idle buckets only, once its sweep hears it.",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=ops.START_TIMEOUT,
+        help=f"seconds for it to answer (default {ops.START_TIMEOUT:g})",
+    )
+
     subs.add_parser(
         "down",
         parents=[common, named],
@@ -129,6 +149,8 @@ def run(args: argparse.Namespace, io: ops.Output) -> int:
         return ops.kill(args.dir, args.node, io)
     if args.command == "start":
         return ops.restart(args.dir, args.node, args.timeout, io)
+    if args.command == "add-node":
+        return ops.add_node(args.dir, args.timeout, io)
     assert args.command == "down"
     return ops.down(args.dir, args.name, io)
 

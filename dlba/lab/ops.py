@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from dlba.certs import init_array_certificates, make_ca, make_cert
+from dlba.certs import ca_key_path, init_array_certificates, make_ca, make_cert
 from dlba.files import write_atomically
 from dlba.lab import netns, procs
 from dlba.lab.wait import NOT_ANSWERED
@@ -30,6 +30,7 @@ from dlba.labplan import (
     ARRAY_CA,
     BACKEND_PORT,
     CONFIG_FILE,
+    MAX_NODES,
     NODE_CERTIFICATE,
     STATE_FILE,
     VIP,
@@ -41,12 +42,17 @@ from dlba.labplan import (
     Plan,
     Process,
     State,
+    append_node,
     config_text,
+    grown,
     is_lab_namespace,
     make_plan,
+    node_ip,
+    not_reached,
     overall,
     parse_state,
     prefix_for,
+    push_problem,
     render_status,
 )
 
@@ -258,7 +264,8 @@ def write_files(plan: Plan, d: str) -> None:
     os.makedirs(os.path.dirname(os.path.join(d, WEB_CA)), exist_ok=True)
     web_ca = make_ca("dlba-lab web CA")
     ca_cert = web_ca[web_ca.index(b"-----BEGIN CERTIFICATE") :]
-    ips = [VIP, *(h.ip or "" for h in plan.node_hosts)]
+    # Every node the lab could grow to (add-node), so the certificate never changes.
+    ips = [VIP, *(node_ip(n) for n in range(1, MAX_NODES + 1))]
     write_atomically(os.path.join(d, WEB_CA), ca_cert, 0o644)
     write_atomically(
         os.path.join(d, WEB_CERTIFICATE),
@@ -661,6 +668,138 @@ def restart(directory: str, node: str, timeout: float, io: Output) -> int:
         assert new is not None
         io.say(f"started {host.name}'s twistd again (pid {new.pid}); it answers")
         return 0
+
+
+def add_node(directory: str, timeout: float, io: Output) -> int:
+    """Grow a running lab by one node, as an operator grows an array: its namespace and
+    link, its control-plane certificate (the array CA signs it), the config with it
+    appended pushed to the running nodes (dlba-ctl push: they validate, then commit), and
+    only then its twistd, which asks its peers who is scheduler and follows.  In that
+    order, so it never starts alone (a node that hears no peer elects itself)."""
+    netns.preflight()
+    d = os.path.abspath(directory)
+    with exclusive(d):
+        state = need_state(d)
+        plan, host = grown(state)
+        if host.namespace in netns.namespaces():
+            raise LabError(
+                f"{host.namespace} exists already (left by an add-node that failed?): "
+                f"dlba-lab down{hint_args(d)}, then up"
+            )
+        io.say(f"adding {host.name} ({host.ip}) to the running array")
+        state.namespaces.append(host.namespace)
+        save_state(state)  # before it exists, as up does
+        netns.add_namespace(host.namespace)
+        netns.quiet_ipv6(host.namespace)
+        netns.attach(plan, host)
+        write_node_certificate(d, host)
+        new_config = os.path.join(d, CONFIG_FILE + ".new")
+        write_atomically(new_config, grown_config(d, host).encode(), 0o644)
+        report = push(state, new_config)
+        problem = push_problem(report)
+        if problem is not None:
+            # Nothing runs there yet: take the namespace away again, keep the old config.
+            netns.delete_namespace(host.namespace)
+            state.namespaces.remove(host.namespace)
+            save_state(state)
+            os.unlink(new_config)
+            raise LabError(f"push: {problem}; the lab stays as it was")
+        for n in not_reached(report, host.number):
+            io.say(f"node{n} was not reached: it takes the new config when it returns")
+        os.replace(new_config, os.path.join(d, CONFIG_FILE))
+        state.nodes = plan.nodes
+        save_state(state)
+        started = Started()
+        start(state, started, host, "twistd dlba", node_argv(d, host.number))
+        urls = {u: h for u, h in array_urls(plan).items() if h == host.name}
+        try:
+            wait_until_answered(state, started, urls, timeout)
+        except StartFailed as e:
+            for line in e.detail:
+                io.err.write(f"    {line}\n")
+            raise LabError(f"{e} (the array has its config: dlba-lab start {host.name})") from None
+        p = state.process(host.name)
+        assert p is not None
+        io.out.write(
+            f"add-node: {host.name} ({host.ip}) joined (pid {p.pid}, config serial "
+            f"{report.get('serial')}); it gets new and idle buckets once the scheduler's "
+            "sweep hears it\n"
+        )
+        return 0
+
+
+def grown_config(d: str, host: Host) -> str:
+    """The config the array runs now (pushes included) with ``host`` appended; refused if
+    it does not describe the lab's nodes before it."""
+    from dlba.config import parse
+    from dlba.errors import ConfigError, ConfigErrors
+
+    path = os.path.join(d, CONFIG_FILE)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise LabError(f"{path}: cannot read: {e.strerror}") from None
+    grown_text = append_node(text, host)
+    try:
+        numbers = [n.number for n in parse(grown_text, path).array.nodes]
+    except (ConfigError, ConfigErrors) as e:
+        raise LabError(f"{path} with {host.name} appended is refused: {e}") from None
+    if numbers != list(range(1, host.number + 1)):
+        raise LabError(
+            f"{path} names the nodes {numbers[:-1]}, not 1..{host.number - 1}: "
+            "it is not this lab's array (edit it back, or dlba-lab down, then up)"
+        )
+    return grown_text
+
+
+def write_node_certificate(d: str, host: Host) -> None:
+    """``node<N>``'s control-plane certificate, signed by the lab's array CA."""
+    ca = os.path.join(d, ARRAY_CA)
+    try:
+        ca_pem = Path(ca_key_path(ca)).read_bytes() + Path(ca).read_bytes()
+    except OSError as e:
+        raise LabError(f"{e.filename}: cannot read the array CA: {e.strerror}") from None
+    path = os.path.join(d, NODE_CERTIFICATE.format(number=host.number))
+    cert = make_cert([f"node{host.number}"], ca=ca_pem, ips=[host.ip or ""], days=825)
+    write_atomically(path, cert, 0o600)
+
+
+def push(state: State, config: str) -> dict[str, object]:
+    """``dlba-ctl push --json`` of ``config`` from the client namespace: its report."""
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        state.plan.client.namespace,
+        *procs.python(),
+        "-m",
+        "dlba.ctl",
+        "push",
+        "--config",
+        config,
+        "--json",
+        config,
+    ]
+    done = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=procs.child_env(state.prefix),
+        cwd=state.directory,
+        timeout=60,
+        check=False,
+    )
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        report = None
+    if not isinstance(report, dict):
+        said = (done.stderr or done.stdout).strip().splitlines()
+        raise LabError(
+            f"dlba-ctl push failed (status {done.returncode}): {said[-1] if said else 'no output'}"
+        )
+    return report
 
 
 def exec_in(

@@ -96,6 +96,15 @@ class KernelFastPath:
             log.warn("cannot remove the miss channel: {why}", why=str(e))
         self.installed = {}
 
+    def replace_program(self, program: KernelProgram) -> None:
+        """Another set of nodes (one joined, a MAC changed): the whole program again, in
+        one transaction, with the buckets it forwards now."""
+        wanted = wanted_map(self.table, self.clock.seconds())
+        self.nft.run(program.install(wanted))
+        self.program = program
+        self.installed = wanted
+        self.transactions += 1
+
     # -- keeping the map -----------------------------------------------------------------
 
     def poke(self) -> None:

@@ -221,6 +221,7 @@ TX_DATA = 32
 # Forwards queued before a flush, so the first of a full batch does not wait for the
 # last: 64 forwards of about 3 µs of Python here.
 TX_FLUSH = 64
+RESYNC_AFTER = 64  # wake-ups in a row with the next slot empty before looking past it
 _SLOT = struct.Struct("=IIH")  # tpacket2_hdr after tp_status: tp_len, tp_snaplen, tp_mac
 _TX = struct.Struct("=II")  # tp_status, tp_len
 
@@ -304,12 +305,34 @@ class RingFrameReader:
         self.batch = batch
         self.dissect = dissect
         self.warned = False
+        self.empty_wakeups = 0  # in a row, with the next slot still the kernel's
+        self.skipped = 0  # slots the kernel took and never filled, passed over
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def logPrefix(self) -> str:
         return "dlba.packet"
+
+    def _resync(self) -> None:
+        """Woken again and again with nothing at the next slot: the kernel moved its head
+        past a slot it never handed over (it can drop a frame after taking its slot, e.g.
+        when it cannot fill the virtio-net header), so its poll says readable while this
+        reader would wait at the hole for ever, spinning (seen under a flood of small
+        frames).  Go on from the first slot that holds a frame."""
+        status, slots = self.status, self.slots
+        for step in range(1, slots):
+            slot = (self.next + step) % slots
+            if status[slot] & TP_STATUS_USER:
+                self.skipped += step
+                if self.skipped == step:  # the first time
+                    log.warn(
+                        "the receive ring had {holes} slot(s) the kernel never filled; "
+                        "reading on past them",
+                        holes=step,
+                    )
+                self.next = slot
+                return
 
     def flush(self) -> None:
         """Hand the transmit ring's waiting frames to the kernel (one syscall)."""
@@ -321,6 +344,14 @@ class RingFrameReader:
             self.router.counters.send_errors += 1
 
     def doRead(self) -> None:
+        if not self.status[self.next] & TP_STATUS_USER:
+            # A slot being filled on another CPU right now is done within microseconds:
+            # only a wait that lasts is a hole.
+            self.empty_wakeups += 1
+            if self.empty_wakeups < RESYNC_AFTER:
+                return
+            self._resync()
+        self.empty_wakeups = 0
         ring, view, status, slots = self.ring, self.view, self.status, self.slots
         send, route, local_fd, write = self.sock.send, self.router.route_at, self.local_fd, os.write
         head, queue, move = _SLOT.unpack_from, _TX.pack_into, ring.move

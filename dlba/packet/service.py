@@ -10,6 +10,7 @@ node's own client table, so a new scheduler starts with the copy it has been syn
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -211,6 +212,24 @@ class PacketSchedulerService(Service):
             path=self.io.path,
             term=term,
         )
+
+    def nodes_changed(self) -> None:
+        """The node status table's MACs changed (a reload, a node that joined): frames
+        for a new node's buckets need its MAC, and the ingress rule must let them in."""
+        if self.term is None or self.router is None:
+            return
+        macs = {row.number: row.mac for row in self.nodes if row.mac}
+        self.router.set_macs(macs)
+        try:
+            mac = self.host.mac_of(self.interface)
+            if self.fast is not None:
+                nodes = {n: m.lower() for n, m in macs.items()}
+                nodes[self.own] = mac.lower()
+                self.fast.replace_program(dataclasses.replace(self.fast.program, nodes=nodes))
+            else:
+                self.host.install_scheduler_rule(self.vip, self.interface, [*macs.values(), mac])
+        except Exception as e:
+            log.error("the nodes changed but the ingress rule did not: {why}", why=str(e))
 
     def stop(self) -> None:
         if self.term is None:
