@@ -43,6 +43,8 @@ RESTART: Final[dict[str, str]] = {
     "tls.admin_certificate": "the control plane's TLS is set up at start",
     "array.ping_interval": "the election's pace is set at start",
     "array.ping_misses": "the election's pace is set at start",
+    "array.fast_path": "the packet scheduler picks its path at start",
+    "array.debug_frames": "the packet scheduler's frame reader is made at start",
 }
 
 # Taken by a reload: for the listeners, pools, back ends and rules see ``diff``.
