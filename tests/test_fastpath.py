@@ -124,6 +124,32 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(sorted(self.nft.map), [3])
         self.assertEqual(self.fast.row()["kernel_misses"], 3)
 
+    def test_a_pushed_shorter_idle_timeout_paces_the_reads(self) -> None:
+        # The kernel set keeps its 60 s timeout; the table's is pushed down to 4 s.  The
+        # quiet bucket must leave the map within a read interval of going idle (1 s here),
+        # not at the 5 s pace the program's own timeout would give.
+        self.fast.start()
+        self.table.idle_timeout = 4.0
+        for b in (3, 4):
+            self.table.lookup(b, self.clock.seconds())
+        self.fast.poke()
+        self.clock.advance(0)
+        start = self.clock.seconds()
+        self.nft.active = {3: 60.0, 4: 60.0}
+        self.clock.advance(SYNC_INTERVAL)
+        gone_at = None
+        for _ in range(20):
+            self.nft.active = {3: 60.0, 4: max(0.0, 60.0 - (self.clock.seconds() - start))}
+            self.clock.advance(SYNC_INTERVAL)
+            assert self.nft.map is not None
+            if 4 not in self.nft.map:
+                gone_at = self.clock.seconds() - start
+                break
+        self.assertIsNotNone(gone_at)
+        assert gone_at is not None
+        self.assertLessEqual(gone_at, 4.0 + 2 * SYNC_INTERVAL)
+        self.assertIn(3, self.nft.map or {})
+
     def test_a_failed_node_leaves_the_map_at_once(self) -> None:
         self.fast.start()
         for b in range(12):

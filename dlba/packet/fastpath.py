@@ -131,7 +131,9 @@ class KernelFastPath:
 
     def tick(self) -> None:
         now = self.clock.seconds()
-        if now - self._activity_read >= activity_interval(self.program.idle_timeout):
+        # The table's timeout, not the program's: a push changes the first only (the
+        # kernel set keeps the timeout it was made with, which absorb_activity needs).
+        if now - self._activity_read >= activity_interval(self.table.idle_timeout):
             self.sync()
         elif self.table.version != self._applied_version:
             self.apply(wanted_map(self.table, now))
