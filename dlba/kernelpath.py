@@ -262,21 +262,32 @@ def frames_by_node(found: Mapping[str, int], nodes: Iterable[int], own: int) -> 
     return out
 
 
+# nft lists ``expires`` in whole seconds, rounded down: a bucket may have been seen up to
+# this much later than ``timeout - expires`` says.
+EXPIRES_GRAIN = 1.0
+
+
 def absorb_activity(
     table: ClientTable, active: Mapping[int, float], timeout: float, now: float
 ) -> None:
     """Give the client table the last access the kernel kept: a bucket in the ``active``
-    set with ``expires`` seconds left was last seen ``timeout - expires`` seconds ago."""
+    set with ``expires`` seconds left was last seen ``timeout - expires`` seconds ago, less
+    the listing's grain (the later end: a busy bucket must never look idle)."""
     for bucket, expires in active.items():
         if 0 <= bucket < table.size:
-            table.seen(bucket, now - max(0.0, timeout - expires))
+            table.seen(bucket, now - max(0.0, timeout - expires - EXPIRES_GRAIN))
 
 
 def wanted_map(table: ClientTable, now: float) -> dict[int, int]:
     """The buckets the kernel may forward without asking: assigned to a node that is not
     failed, and busy (a frame within the idle timeout).  An idle bucket is left out, so
     its next frame is a miss and the client table places it again (a node that joined
-    gets it; a disabled node's buckets drain), exactly as on the Python path."""
+    gets it; a disabled node's buckets drain), exactly as on the Python path.
+
+    ``now`` is when the table last learnt the kernel's activity (`absorb_activity`), not
+    the clock: between two readings a busy bucket's frames pass unseen, and judging it
+    at a later time would call it idle and let its next frame move it, breaking its
+    connections.  Buckets placed since (a miss) carry a later access and stay in."""
     out: dict[int, int] = {}
     rows = {row.number: row for row in table.nodes}
     limit = table.idle_timeout

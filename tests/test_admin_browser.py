@@ -187,6 +187,38 @@ class DashboardInBrowserTests(TestCase):
         hidden = yield browser.script("return document.getElementById('no-client-table').hidden")
         self.assertTrue(hidden)
 
+        # the packet scheduler, forwarding in the kernel: the path and its counters
+        self.source.data["packets"] = {
+            "path": "af_packet",
+            "vip": "10.77.0.100",
+            "interface": "eth0",
+            "forwarding": True,
+            "fast_path": "nftables",
+            "frames_in": 31,
+            "local": 0,
+            "forwarded": {"2": 31},
+            "table_misses": 9,
+            "dropped": {},
+            "kernel_forwarded": {"1": 1200, "2": 45678},
+            "kernel_misses": 31,
+            "kernel_buckets": 17,
+            "kernel_errors": 0,
+        }
+        sub = yield browser.wait_text(
+            "#packets-sub", lambda t: "kernel fast path" in t, "the packets box's path"
+        )
+        self.assertIn("forwarding", sub)
+        legend = yield browser.text("#packets-legend")
+        self.assertIn("kernel to node 2 45,678", legend or "")
+        self.assertIn("kernel misses 31", legend or "")
+        self.source.data["packets"]["fast_path"] = "python"
+        del self.source.data["packets"]["kernel_forwarded"]
+        yield browser.wait_text(
+            "#packets-sub", lambda t: "forwarded in Python" in t, "the Python path shown"
+        )
+        legend = yield browser.text("#packets-legend")
+        self.assertNotIn("kernel", legend or "")
+
         self.source.add_hits(3, 500)
         self.sample()
         yield browser.wait_text(

@@ -447,6 +447,31 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(one(found, "dlba_packet_table_misses_total"), 4)
         self.assertEqual(one(found, "dlba_packet_arp_answers_total"), 2)
 
+    def test_the_kernel_fast_path(self) -> None:
+        self.source.data["packets"] = {
+            "path": "af_packet",
+            "forwarding": True,
+            "fast_path": "nftables",
+            "kernel_forwarded": {"1": 40, "2": 900},
+            "kernel_misses": 12,
+            "kernel_buckets": 30,
+            "kernel_transactions": 7,
+            "kernel_errors": 0,
+        }
+        found = self.found()
+        self.assertEqual(one(found, "dlba_packet_fast_path_info", fast_path="nftables"), 1)
+        self.assertEqual(one(found, "dlba_packet_kernel_frames_total", node="2"), 900)
+        self.assertEqual(one(found, "dlba_packet_kernel_misses_total"), 12)
+        self.assertEqual(one(found, "dlba_packet_kernel_buckets"), 30)
+        self.assertEqual(one(found, "dlba_packet_kernel_transactions_total"), 7)
+        self.assertEqual(one(found, "dlba_packet_kernel_errors_total"), 0)
+
+    def test_the_python_path_has_no_kernel_metrics(self) -> None:
+        self.source.data["packets"] = {"path": "af_packet", "fast_path": "python"}
+        found = self.found()
+        self.assertEqual(one(found, "dlba_packet_fast_path_info", fast_path="python"), 1)
+        self.assertNotIn("dlba_packet_kernel_frames_total", found)
+
     def test_no_packet_scheduler_no_packet_metrics(self) -> None:
         self.assertNotIn("dlba_packet_frames_total", self.found())
 

@@ -495,6 +495,53 @@ def _packets(out: _Families, packets: Any) -> None:
         {},
         packets.get("arp_answered"),
     )
+    fast = str(packets.get("fast_path", ""))
+    if fast:
+        out.gauge(
+            "dlba_packet_fast_path_info",
+            "Which path forwards the VIP's frames: nftables (the kernel) or python (always 1).",
+            {"fast_path": fast},
+            1,
+        )
+    if "kernel_forwarded" in packets:
+        _kernel(out, packets)
+
+
+def _kernel(out: _Families, packets: Mapping[str, Any]) -> None:
+    """The kernel fast path's own counters: present while it forwards."""
+    forwarded = packets.get("kernel_forwarded")
+    for node, count in forwarded.items() if isinstance(forwarded, Mapping) else ():
+        out.counter(
+            "dlba_packet_kernel_frames_total",
+            "Frames the kernel's ingress program handled without Python, by node (own: "
+            "up this node's stack).",
+            {"node": str(node)},
+            count,
+        )
+    out.counter(
+        "dlba_packet_kernel_misses_total",
+        "Frames the kernel handed to Python: their bucket was not in its map.",
+        {},
+        packets.get("kernel_misses"),
+    )
+    out.gauge(
+        "dlba_packet_kernel_buckets",
+        "Buckets in the kernel's map (busy buckets of live nodes).",
+        {},
+        packets.get("kernel_buckets"),
+    )
+    out.counter(
+        "dlba_packet_kernel_transactions_total",
+        "nftables transactions that changed the kernel's map.",
+        {},
+        packets.get("kernel_transactions"),
+    )
+    out.counter(
+        "dlba_packet_kernel_errors_total",
+        "nftables transactions or reads that failed (the map is installed whole again).",
+        {},
+        packets.get("kernel_errors"),
+    )
 
 
 def metrics_registry(source: ReportSource, clock: IReactorTime) -> CollectorRegistry:

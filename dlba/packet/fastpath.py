@@ -112,7 +112,7 @@ class KernelFastPath:
     def replace_program(self, program: KernelProgram) -> None:
         """Another set of nodes (one joined, a MAC changed): the whole program again, in
         one transaction, with the buckets it forwards now."""
-        wanted = wanted_map(self.table, self.clock.seconds())
+        wanted = wanted_map(self.table, self._activity_read)
         self.nft.run(program.install(wanted))
         self.program = program
         self.installed = wanted
@@ -127,7 +127,7 @@ class KernelFastPath:
 
     def _flush(self) -> None:
         self._soon = None
-        self.apply(wanted_map(self.table, self.clock.seconds()))
+        self.apply(wanted_map(self.table, self._activity_read))
 
     def tick(self) -> None:
         now = self.clock.seconds()
@@ -136,14 +136,12 @@ class KernelFastPath:
         if now - self._activity_read >= activity_interval(self.table.idle_timeout):
             self.sync()
         elif self.table.version != self._applied_version:
-            self.apply(wanted_map(self.table, now))
+            self.apply(wanted_map(self.table, self._activity_read))
 
     def sync(self) -> None:
         """Read the kernel's activity into the table, then bring the map up to date."""
         if not self.running:
             return
-        now = self.clock.seconds()
-        self._activity_read = now
         try:
             listing = self.nft.run(
                 {
@@ -152,14 +150,19 @@ class KernelFastPath:
                     ]
                 }
             )
+            # Listed as of now (a listing of thousands takes tens of ms).
+            now = self.clock.seconds()
             absorb_activity(self.table, active_buckets(listing), self.program.idle_timeout, now)
             self._kernel = counters(
                 self.nft.run({"nftables": [{"list": {"table": {"family": FAMILY, "name": TABLE}}}]})
             )
         except Exception as e:
+            # Nothing is judged idle until a reading succeeds: the map keeps what it has
+            # (a busy bucket dropped on stale times would move, breaking connections).
             self.errors += 1
             log.error("cannot read the fast path's state: {why}", why=str(e))
             return
+        self._activity_read = now
         self.apply(wanted_map(self.table, now))
 
     def apply(self, wanted: dict[int, int]) -> None:

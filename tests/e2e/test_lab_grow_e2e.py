@@ -7,6 +7,9 @@
   their end, new ones go elsewhere, and its bucket count falls to 0 once they end.
 - A bounded flood of small frames at the VIP (5 s, from the client) does not stop the
   array from serving, and the scheduler counts it.
+- A flood over 2,048 client ports while buckets are placed and moved (node disable /
+  enable cycles, new connections, a 2 s idle timeout) breaks no held connection: the
+  kernel fast path judges a bucket idle only on activity it has read (issue 13).
 
 Each test brings up a lab of its own name (two nodes, two web servers) and takes it down
 in a cleanup whatever the outcome; every process it starts is stopped there too.  All
@@ -509,3 +512,70 @@ class GrowLabTests(TestCase):
         self.assertGreater(frames_in + kernel, min(sent // 10, 10000), after)
         accounted = sum(forwarded.values()) + local + sum(dropped.values())
         self.assertEqual(accounted, frames_in, after)
+
+    async def test_a_flood_while_buckets_are_reassigned_breaks_no_connection(self) -> None:
+        # Held keep-alive connections on both nodes; a 6 s flood over 2,048 client ports
+        # (most buckets of the table busy); meanwhile node disable / enable cycles and new
+        # connections, so buckets are placed, and idle ones (2 s here) move, in kernel
+        # transactions while the flood runs.  No held connection may break.
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            self.skipTest("no C compiler for bench/flood.c")
+        flood = os.path.join(self.dir, "flood")
+        built = subprocess.run(
+            [cc, "-O2", "-o", flood, os.path.join(REPO, "bench", "flood.c")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(built.returncode, 0, built.stderr)
+        await self.up(2)
+        scheduler = await self.scheduler(2)
+        target = 3 - scheduler
+        await self.push_idle_timeout(2.0)
+        holder, ports, marker = await self.hold(12)
+        size, owners = await self.owners(scheduler)
+        on = Counter(owners.get(bucket_of(CLIENT_IP, p, size)) for p in ports)
+        self.assertTrue(on[1] and on[2], f"the held connections are not on both nodes: {on}")
+        frames = os.path.join(self.dir, "frames.bin")
+        flood_frames(frames, MACS[scheduler], count=2048)
+        before = await self.packets(scheduler)
+
+        argv, env = lab_argv("exec", "--dir", self.dir, "client", "--")
+        sender = spawn([*argv, flood, "eth0", frames, "60", "6"], Child("flood"), env=env)
+        self.addCleanup(sender.terminate)
+        during: list[tuple[str, int, float]] = []
+        cycles = 0
+        started = time.monotonic()
+        while sender.running and time.monotonic() - started < 20:
+            for verb in ("disable", "enable"):
+                result = await self.ctl("node", verb, str(target))
+                self.assertEqual(result.code, 0, result.text)
+                during += await self.curl(4)
+            cycles += 1
+        ended = await sender.when_ended(20.0)
+        self.assertEqual(ended.code, 0, sender.output())
+        sent = int(ended.stdout.strip() or 0)
+        after = await self.packets(scheduler)
+        _, owners_after = await self.owners(scheduler)
+        report = await self.release(holder, marker)
+
+        moved = sum(1 for b, n in owners_after.items() if owners.get(b, -1) != n)
+        changes = after["kernel_transactions"] - before["kernel_transactions"]
+        good = sum(1 for status, *_ in during if status == "200")
+        print(
+            f"\nflood while reassigning: {sent} frames in 6 s, {cycles} disable/enable "
+            f"cycles of node {target}, {changes} kernel transactions, {moved} buckets "
+            f"placed or moved; {good}/{len(during)} new connections; held {len(ports)} "
+            f"(on nodes {dict(on)}): {sum(report['answered'])} answers, broken "
+            f"{report['broken']}"
+        )
+        self.assertEqual(report["broken"], {}, report)
+        self.assertTrue(all(n > 0 for n in report["answered"]), report)
+        self.assertGreater(sent, 0)
+        self.assertGreaterEqual(cycles, 1)
+        self.assertGreater(changes, cycles, "the kernel's map did not change during the flood")
+        self.assertGreater(moved, 0)
+        self.assertGreaterEqual(good / max(1, len(during)), 0.95, during)
+        self.assertEqual(after["fast_path"], "nftables", after)

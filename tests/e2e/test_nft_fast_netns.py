@@ -74,6 +74,95 @@ out = nft.run(doc)
 print(json.dumps({"mechanism": nft.mechanism, "out": out}))
 """
 
+# The service's own KernelFastPath, on the real kernel, driven through random churn of a
+# real ClientTable (misses placed, nodes failed and back, a node drained, buckets going
+# idle, a re-install as on a join) on a task.Clock.  After each step it lets the fast path
+# flush and sync as the reactor would, lists the kernel's map and compares it with the
+# table itself (busy buckets of live nodes, by their owner's chain).  Prints a JSON report.
+CHURN = r"""
+import json, random, sys
+from twisted.internet.task import Clock
+from dlba.clienttable import ClientTable
+from dlba.kernelpath import FAMILY, LOCAL_CHAIN, OWNERS, TABLE, KernelProgram, node_chain
+from dlba.packet.fastpath import SYNC_INTERVAL, KernelFastPath
+from dlba.packet.host import Host
+from dlba.packet.nft import Nft
+from dlba.tables import NodeState, NodeStatusTable
+vip, size, steps, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+macs = json.loads(sys.argv[5])
+nodes = {int(n): m for n, m in macs.items()}
+rows = NodeStatusTable(NodeState(n, m, "10.79.0.%d" % (10 + n)) for n, m in nodes.items())
+idle = 8.0
+table = ClientTable(size, rows, idle_timeout=idle)
+clock = Clock()
+clock.advance(1000)
+program = KernelProgram(vip, "eth0", nodes[1], 1, nodes, size, idle)
+nft = Nft()
+fast = KernelFastPath(program, table, nft, Host(), clock)
+table.take_over(clock.seconds())
+fast.start()
+rng = random.Random(seed)
+def kernel_map():
+    out = nft.run({"nftables": [{"list": {"map": {"family": FAMILY, "table": TABLE,
+                                                   "name": OWNERS}}}]})
+    got = {}
+    for item in out.get("nftables", []):
+        body = item.get("map") if isinstance(item, dict) else None
+        for e in (body or {}).get("elem", []):
+            got[e[0]] = e[1]["goto"]["target"]
+    return got
+def from_table():
+    now = clock.seconds()
+    want = {}
+    for b, n in enumerate(table.owners()):
+        row = rows.get(n)
+        if n >= 0 and row is not None and not row.failed and now - table.last_access(b) <= idle:
+            want[b] = LOCAL_CHAIN if n == 1 else node_chain(n)
+    return want
+report = {"steps": 0, "mismatches": [], "sizes": [], "moves": 0, "ops": {}}
+for step in range(steps):
+    op = rng.choice(["miss"] * 6 + ["fail", "back", "drain", "idle", "reinstall"])
+    report["ops"][op] = report["ops"].get(op, 0) + 1
+    before = table.owners()
+    if op == "miss":
+        for _ in range(rng.randrange(1, 40)):
+            table.lookup(rng.randrange(size), clock.seconds())
+            fast.poke()
+    elif op == "fail":
+        n = rng.choice([2, 3])
+        rows.get(n).failed = True
+        table.node_failed(n)
+    elif op == "back":
+        for n in (2, 3):
+            rows.get(n).failed = False
+            rows.get(n).enabled = True
+    elif op == "drain":
+        n = rng.choice([2, 3])
+        rows.get(n).enabled = False
+        table.node_drained(n)
+    elif op == "idle":
+        clock.advance(rng.uniform(0, idle * 1.5))
+    else:
+        fast.replace_program(program)
+    report["moves"] += sum(1 for a, b in zip(before, table.owners()) if a != b)
+    clock.advance(0)  # the poke's flush
+    clock.advance(SYNC_INTERVAL)  # a tick: table changes (and idle ones) reach the kernel
+    fast.sync()
+    got, want = kernel_map(), from_table()
+    report["steps"] += 1
+    report["sizes"].append(len(got))
+    if got != want or fast.installed != {b: n for b, n in enumerate(table.owners())
+                                         if b in want}:
+        report["mismatches"].append({"step": step, "op": op,
+            "extra": sorted(set(got) - set(want))[:10],
+            "missing": sorted(set(want) - set(got))[:10],
+            "wrong": sorted(b for b in set(got) & set(want) if got[b] != want[b])[:10]})
+report["transactions"] = fast.transactions
+report["errors"] = fast.errors
+fast.stop()
+print(json.dumps(report))
+"""
+
 
 def run_python(namespace: str, *argv: str) -> str:
     done = subprocess.run(
@@ -296,3 +385,18 @@ class KernelFastPathTests(SynchronousTestCase):
         }
         self.assertEqual(got, {2: [], 3: [], "miss": []})
         self.assertEqual(sum(self.counters().values()), 0)
+
+    def test_the_map_after_churn_equals_the_client_table(self) -> None:
+        macs = json.dumps({str(n): m for n, m in NODES.items()})
+        out = run_python(self.ns[1], "-c", CHURN, VIP, str(SIZE), "160", "11", macs)
+        report = json.loads(out.splitlines()[-1])
+        print(
+            f"\nchurn: {report['steps']} steps {report['ops']}, {report['moves']} owner "
+            f"changes, {report['transactions']} transactions, map sizes "
+            f"{min(report['sizes'])}-{max(report['sizes'])}"
+        )
+        self.assertEqual(report["mismatches"], [])
+        self.assertEqual(report["errors"], 0)
+        self.assertGreater(report["moves"], 100)  # the churn did churn
+        self.assertGreater(max(report["sizes"]), SIZE // 2)
+        self.assertLess(min(report["sizes"]), max(report["sizes"]))

@@ -598,8 +598,17 @@
     box.hidden = !p;
     if (!p) return;
     setText($("packets-sub"), (p.forwarding ? "forwarding" : "standing by") + " · " +
-      (p.vip || "") + " on " + (p.interface || "") + " · " + (p.path || ""));
-    const items = [["frames in", p.frames_in], ["local", p.local]];
+      (p.vip || "") + " on " + (p.interface || "") + " · " +
+      (p.fast_path === "nftables" ? "kernel fast path (nftables)" : "forwarded in Python") +
+      " · " + (p.path || ""));
+    const items = [];
+    if (p.kernel_forwarded) {
+      Object.entries(p.kernel_forwarded).forEach(([node, n]) =>
+        items.push(["kernel to node " + node, n]));
+      items.push(["kernel misses", p.kernel_misses], ["kernel buckets", p.kernel_buckets]);
+      if (p.kernel_errors) items.push(["kernel errors", p.kernel_errors]);
+    }
+    items.push(["frames in", p.frames_in], ["local", p.local]);
     Object.entries(p.forwarded || {}).forEach(([node, n]) => items.push(["to node " + node, n]));
     items.push(["table misses", p.table_misses]);
     Object.entries(p.dropped || {}).forEach(([reason, n]) => {
