@@ -151,6 +151,9 @@ class Lab:
                 "frames_in": s.get("packets", {}).get("frames_in", 0),
                 "forwarded": sum(s.get("packets", {}).get("forwarded", {}).values()),
                 "local": s.get("packets", {}).get("local", 0),
+                # The kernel fast path's frames (all its nodes, its own stack too).
+                "kernel": sum(s.get("packets", {}).get("kernel_forwarded", {}).values()),
+                "fast_path": s.get("packets", {}).get("fast_path", ""),
             }
         return snap
 
@@ -196,6 +199,8 @@ def measure(lab: Lab, target: str, workload: str, args: argparse.Namespace) -> d
     scheduler = next((n for n in after if after[n]["role"] == "scheduler"), 1)
     frames = after[scheduler]["frames_in"] - before[scheduler]["frames_in"]
     forwarded = after[scheduler]["forwarded"] - before[scheduler]["forwarded"]
+    kernel = after[scheduler]["kernel"] - before[scheduler]["kernel"]
+    python_cpu = after[scheduler]["cpu"] - before[scheduler]["cpu"]
     return {
         "target": target,
         "workload": workload,
@@ -207,8 +212,13 @@ def measure(lab: Lab, target: str, workload: str, args: argparse.Namespace) -> d
         "scheduler": scheduler,
         "frames_in": frames,
         "forwarded": forwarded,
-        "frames_per_req": frames / requests if requests and target != "direct" else None,
-        "frames_per_s": frames / wall,
+        "kernel_frames": kernel,
+        "fast_path": after[scheduler]["fast_path"],
+        "scheduler_cpu_s": python_cpu,
+        # Every inbound frame for the VIP: those the kernel forwarded and those Python read.
+        "frames_per_req": (frames + kernel) / requests if requests and target != "direct" else None,
+        "python_frames_per_req": frames / requests if requests and target != "direct" else None,
+        "frames_per_s": (frames + kernel) / wall,
         "nodes": nodes,
     }
 
@@ -232,10 +242,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         out += [f"### {title}", ""]
         out.append(
             "| target | req/s (median) | ÷ direct | errors | frames in / request | "
-            "scheduler frames/s | node CPU µs/request (median of nodes) | nodes' CPU use | "
-            "runs (req/s) |"
+            "of them, read by Python | scheduler frames/s | node CPU µs/request (median of "
+            "nodes) | nodes' CPU use | runs (req/s) |"
         )
-        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
         rows = {t: [r for r in results if r["target"] == t and r["workload"] == workload]
                 for t in TARGETS}  # fmt: skip
         direct = med([r["rps"] for r in rows["direct"]])
@@ -255,14 +265,33 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             label = "one node direct" if t == "direct" else f"{t} node{'s' if t != '1' else ''}"
             runs = ", ".join(f"{r['rps']:,.0f}" for r in rs)
             frames = f"{med(fpr):.1f}" if fpr else DASH
+            py = [r["python_frames_per_req"] for r in rs if r.get("python_frames_per_req")]
+            python = f"{med(py):.2f}" if py else DASH
             fps = f"{med([r['frames_per_s'] for r in rs]):,.0f}" if fpr else DASH
             errors = sum(r["errors"] for r in rs)
             out.append(
                 f"| {label} | {rps:,.0f} | {rps / direct:.2f}{TIMES} | {errors} | {frames} | "
-                f"{fps} | {per_req:.0f} | {use} | {runs} |"
+                f"{python} | {fps} | {per_req:.0f} | {use} | {runs} |"
             )
         out.append("")
     return "\n".join(out)
+
+
+TOOLS = {"nginx": "nginx", "wrk": "wrk", "gcc": "gcc", "nc": "netcat-openbsd"}
+
+
+def install_tools() -> None:
+    """What the bench runs, from Debian packages when missing (libssl-dev for loadgen)."""
+    missing = [pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
+    if not Path("/usr/include/openssl/ssl.h").exists():
+        missing.append("libssl-dev")
+    if not missing:
+        return
+    print(f"installing {' '.join(missing)} (apt-get)", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        if subprocess.run(argv, env=env, check=False).returncode != 0:
+            raise SystemExit(f"cannot install {' '.join(missing)}: {' '.join(argv)} failed")
 
 
 def main() -> int:
@@ -275,11 +304,7 @@ def main() -> int:
     args = a.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("arraybench needs root (network namespaces); run it as root")
-    for tool in ("nginx", "wrk", "gcc", "nc"):
-        if shutil.which(tool) is None:
-            raise SystemExit(
-                f"{tool} is not installed (apt-get install nginx wrk gcc netcat-openbsd)"
-            )
+    install_tools()
     tmp = Path(tempfile.mkdtemp(prefix="dlba-arraybench-"))
     args.loadgen = str(tmp / "loadgen")
     sh("gcc", "-O2", "-o", args.loadgen, str(HERE / "loadgen.c"), "-lssl", "-lcrypto", "-lpthread")
@@ -301,7 +326,8 @@ def main() -> int:
                     nodes = r["nodes"].items()
                     print(
                         f"run {run + 1} {workload:9} {t:6}: {r['rps']:8,.0f} req/s, "
-                        f"{r['errors']} errors, frames/req {r['frames_per_req']}, nodes "
+                        f"{r['errors']} errors, frames/req {r['frames_per_req']} "
+                        f"(Python {r['python_frames_per_req']}, {r['fast_path']}), nodes "
                         + json.dumps({n: (v["hits"], round(v["cpu_use"], 2)) for n, v in nodes}),
                         file=sys.stderr,
                         flush=True,

@@ -120,6 +120,14 @@ def cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (every CPU, softirq included): the kernel
+    paths' work runs as softirq on whichever CPU received the frame, charged to no one."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
 NFT_TABLE = "dlbabench"
 NFT_BUCKETS = 4093  # as many as the forwarder's client table
 
@@ -181,7 +189,9 @@ def one(mode: str, flood: Path, tmp: Path, seconds: float) -> dict[str, Any]:
     )  # fmt: skip
     time.sleep(warm)  # a measurement window, not a synchronisation
     r0, c0, t0 = rx(NS["sink"]), cpu(proc.pid) if proc else 0.0, time.monotonic()
+    m0 = machine_busy()
     time.sleep(seconds)
+    m1 = machine_busy()
     r1, c1, t1 = rx(NS["sink"]), cpu(proc.pid) if proc else 0.0, time.monotonic()
     sent = int((sender.communicate(timeout=30)[0] or "0").strip() or 0)
     if mode == "nft":
@@ -199,6 +209,8 @@ def one(mode: str, flood: Path, tmp: Path, seconds: float) -> dict[str, Any]:
         "cpu_us": (c1 - c0) / forwarded * 1e6 if forwarded and proc else None,
         "cpu_use": (c1 - c0) / (t1 - t0) if proc else None,
         "sent_fps": sent / (warm + seconds + 0.5),
+        # Sender, bridge, forwarder and sink together, per frame that reached the sink.
+        "machine_us": (m1 - m0) / forwarded * 1e6 if forwarded else None,
         "load": os.getloadavg()[0],  # the machine's, at the end of the window
     }
 
@@ -270,6 +282,31 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
     if loads:
         print(f"\nload average (1 min) at the end of each window: {min(loads):.2f}{DASH}", end="")
         print(f"{max(loads):.2f}, median {statistics.median(loads):.2f}")
+    machine = {
+        mode: statistics.median(r["machine_us"] for r in runs)
+        for mode, runs in results.items()
+        if runs and all(r.get("machine_us") for r in runs)
+    }
+    if machine:
+        print("\n| path | machine CPU µs a frame forwarded (all CPUs, median) | over the bridge |")
+        print("| --- | ---: | ---: |")
+        for mode, us in machine.items():
+            over = f"{us - machine['bridge']:+.1f}" if "bridge" in machine else DASH
+            print(f"| {MODES[mode]} | {us:.1f} | {over} |")
+    if "dlba-kernel" in results:
+        kernel = results["dlba-kernel"]
+        print("\n| dlba's kernel path against | frames/s, medians | frames/s, run by run |")
+        print("| --- | ---: | ---: |")
+        for other in ("nft", "dlba", "naive", "bridge"):
+            if other not in results or len(results[other]) != len(kernel):
+                continue
+            ratio = statistics.median(r["fps"] for r in kernel) / statistics.median(
+                r["fps"] for r in results[other]
+            )
+            paired = statistics.median(
+                k["fps"] / o["fps"] for k, o in zip(kernel, results[other], strict=True)
+            )
+            print(f"| {MODES[other]} | {ratio:.2f}{TIMES} | {paired:.2f}{TIMES} |")
     if "naive" in results:
         naive = results["naive"]
         naive_fps = statistics.median(r["fps"] for r in naive)

@@ -107,10 +107,10 @@ class ListingTests(SynchronousTestCase):
         self.assertEqual(active_buckets(listing), {3: 47.0, 9: 0.0})
         table = {
             "nftables": [
-                {"counter": {"name": "misses", "packets": 4}},
-                {"rule": {"chain": "to_node2", "expr": [{"counter": {"packets": 7, "bytes": 1}}]}},
-                {"rule": {"chain": "local", "expr": [{"counter": {"packets": 2, "bytes": 1}}]}},
-                {"rule": {"chain": "ingress", "expr": [{"counter": {"packets": 99}}]}},
+                {"metainfo": {"version": "1.0.6"}},
+                {"counter": {"family": "netdev", "name": "misses", "packets": 4, "bytes": 9}},
+                {"counter": {"family": "netdev", "name": "to_node2", "packets": 7, "bytes": 1}},
+                {"counter": {"family": "netdev", "name": "local", "packets": 2, "bytes": 1}},
             ]
         }
         found = counters(table)

@@ -31,6 +31,7 @@ from dlba.kernelpath import (
     active_buckets,
     counters,
     frames_by_node,
+    list_counters,
     wanted_map,
 )
 from dlba.packet.host import Host, HostError
@@ -130,6 +131,7 @@ class KernelFastPath:
         self.apply(wanted_map(self.table, self._activity_read))
 
     def tick(self) -> None:
+        self.read_counters()
         now = self.clock.seconds()
         # The table's timeout, not the program's: a push changes the first only (the
         # kernel set keeps the timeout it was made with, which absorb_activity needs).
@@ -137,6 +139,17 @@ class KernelFastPath:
             self.sync()
         elif self.table.version != self._applied_version:
             self.apply(wanted_map(self.table, self._activity_read))
+
+    def read_counters(self) -> None:
+        """The kernel's frame counters, for the status table (a listing of a few named
+        counters: cheap, so every second)."""
+        if not self.running:
+            return
+        try:
+            self._kernel = counters(self.nft.run(list_counters()))
+        except Exception as e:
+            self.errors += 1
+            log.error("cannot read the fast path's counters: {why}", why=str(e))
 
     def sync(self) -> None:
         """Read the kernel's activity into the table, then bring the map up to date."""
@@ -153,9 +166,6 @@ class KernelFastPath:
             # Listed as of now (a listing of thousands takes tens of ms).
             now = self.clock.seconds()
             absorb_activity(self.table, active_buckets(listing), self.program.idle_timeout, now)
-            self._kernel = counters(
-                self.nft.run({"nftables": [{"list": {"table": {"family": FAMILY, "name": TABLE}}}]})
-            )
         except Exception as e:
             # Nothing is judged idle until a reading succeeds: the map keeps what it has
             # (a busy bucket dropped on stale times would move, breaking connections).

@@ -245,11 +245,9 @@ class KernelFastPathTests(SynchronousTestCase):
         return dict(result["out"])
 
     def counters(self) -> dict[str, int]:
-        from dlba.kernelpath import FAMILY, TABLE, counters
+        from dlba.kernelpath import counters, list_counters
 
-        return counters(
-            self.nft({"nftables": [{"list": {"table": {"family": FAMILY, "name": TABLE}}}]})
-        )
+        return counters(self.nft(list_counters()))
 
     def sink(self, key: Any, iface: str = "eth0") -> subprocess.Popen[bytes]:
         argv = ["ip", "netns", "exec", self.ns[key], sys.executable, "-m", "tests.e2e.frame_sink"]
