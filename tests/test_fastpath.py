@@ -182,6 +182,27 @@ class FastPathTests(SynchronousTestCase):
             self.clock.advance(SYNC_INTERVAL)
         self.assertNotIn(3, self.nft.map or {})
 
+    def test_a_slow_listing_still_reads_every_tick(self) -> None:
+        # Each listing of the active set takes 40 ms of the clock: at a 1 s pace
+        # (idle timeout 4 s) the activity must still be read at every tick.
+        self.table.idle_timeout = 4.0
+        self.fast.start()
+        listings = []
+        run = self.nft.run
+
+        def slow(document: dict[str, Any]) -> dict[str, Any]:
+            what = document["nftables"][0].get("list", {})
+            if "set" in what:
+                listings.append(self.clock.seconds())
+                self.clock.advance(0.04)
+            return run(document)
+
+        self.nft.run = slow  # type: ignore[method-assign]
+        self.clock.advance(SYNC_INTERVAL)
+        for _ in range(9):  # to each next tick exactly, as the reactor's timer fires
+            self.clock.advance(SYNC_INTERVAL - 0.04)
+        self.assertEqual(len(listings), 10, listings)
+
     def test_a_failed_node_leaves_the_map_at_once(self) -> None:
         self.fast.start()
         for b in range(12):

@@ -135,7 +135,10 @@ class KernelFastPath:
         now = self.clock.seconds()
         # The table's timeout, not the program's: a push changes the first only (the
         # kernel set keeps the timeout it was made with, which absorb_activity needs).
-        if now - self._activity_read >= activity_interval(self.table.idle_timeout):
+        # Half a tick of slack: the last reading's time is taken after its listing (tens
+        # of ms past its tick), and a 1 s pace must mean every tick, not every other one.
+        due = activity_interval(self.table.idle_timeout) - SYNC_INTERVAL / 2
+        if now - self._activity_read >= due:
             self.sync()
         elif self.table.version != self._applied_version:
             self.apply(wanted_map(self.table, self._activity_read))

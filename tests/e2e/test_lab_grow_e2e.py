@@ -332,7 +332,9 @@ class GrowLabTests(TestCase):
 
         # Once the sweep has heard node 3, requests from PORTS again: their buckets are
         # idle, and node 3 holds the fewest, so they move there (a pass that comes too
-        # early only touches them: the next one, IDLE s later, moves them).
+        # early only touches them: the next one moves them).  The kernel fast path judges
+        # a bucket idle up to 2 s late (the listing's 1 s grain, a reading a second), never
+        # early: the passes are IDLE + 2 s apart.
         async def node3_heard() -> bool:
             return not (await self.node_rows(scheduler))[3]["failed"]
 
@@ -343,7 +345,7 @@ class GrowLabTests(TestCase):
             again.extend(await self.from_ports(PORTS))
             _, now = await self.owners(scheduler)
             if not any(now.get(b) == 3 for b in warm):
-                await deferLater(reactor, IDLE, lambda: None)  # let them go idle again
+                await deferLater(reactor, IDLE + 2, lambda: None)  # let them go idle again
                 return 0
             return 1
 
