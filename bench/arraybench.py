@@ -280,10 +280,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 TOOLS = {"nginx": "nginx", "wrk": "wrk", "gcc": "gcc", "nc": "netcat-openbsd"}
 
 
-def install_tools() -> None:
-    """What the bench runs, from Debian packages when missing (libssl-dev for loadgen)."""
-    missing = [pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
-    if not Path("/usr/include/openssl/ssl.h").exists():
+def install_tools(tools: dict[str, str] = TOOLS, headers: bool = True) -> None:
+    """What a bench runs (command → Debian package), installed when missing; ``headers``:
+    libssl-dev too, for loadgen."""
+    missing = [pkg for tool, pkg in tools.items() if shutil.which(tool) is None]
+    if headers and not Path("/usr/include/openssl/ssl.h").exists():
         missing.append("libssl-dev")
     if not missing:
         return

@@ -298,6 +298,22 @@ class GrowLabTests(TestCase):
         statuses: list[int] = json.loads(result.stdout.splitlines()[-1])
         return statuses
 
+    def build_flood(self) -> str:
+        """bench/flood.c compiled into the test's folder (skips without a C compiler)."""
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            self.skipTest("no C compiler for bench/flood.c")
+        flood = os.path.join(self.dir, "flood")
+        built = subprocess.run(
+            [cc, "-O2", "-o", flood, os.path.join(REPO, "bench", "flood.c")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(built.returncode, 0, built.stderr)
+        return flood
+
     async def push_idle_timeout(self, seconds: float) -> None:
         """Push the lab's config with ``[array] bucket_idle_timeout = seconds``."""
         text = Path(self.config).read_text()
@@ -443,18 +459,7 @@ class GrowLabTests(TestCase):
         self.assertGreaterEqual(buckets_while_held, len(held_there), rows[target])
 
     async def test_a_bounded_flood_at_the_vip_does_not_stop_the_array(self) -> None:
-        cc = shutil.which("cc") or shutil.which("gcc")
-        if cc is None:
-            self.skipTest("no C compiler for bench/flood.c")
-        flood = os.path.join(self.dir, "flood")
-        built = subprocess.run(
-            [cc, "-O2", "-o", flood, os.path.join(REPO, "bench", "flood.c")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        self.assertEqual(built.returncode, 0, built.stderr)
+        flood = self.build_flood()
         await self.up(2)
         scheduler = await self.scheduler(2)
         frames = os.path.join(self.dir, "frames.bin")
@@ -520,18 +525,7 @@ class GrowLabTests(TestCase):
         # (most buckets of the table busy); meanwhile node disable / enable cycles and new
         # connections, so buckets are placed, and idle ones (2 s here) move, in kernel
         # transactions while the flood runs.  No held connection may break.
-        cc = shutil.which("cc") or shutil.which("gcc")
-        if cc is None:
-            self.skipTest("no C compiler for bench/flood.c")
-        flood = os.path.join(self.dir, "flood")
-        built = subprocess.run(
-            [cc, "-O2", "-o", flood, os.path.join(REPO, "bench", "flood.c")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        self.assertEqual(built.returncode, 0, built.stderr)
+        flood = self.build_flood()
         await self.up(2)
         scheduler = await self.scheduler(2)
         target = 3 - scheduler
