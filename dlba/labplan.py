@@ -110,6 +110,7 @@ class Plan:
     prefix: str
     nodes: int
     backends: int
+    fast_path: str = "auto"  # the nodes' [array] fast_path
 
     @property
     def bridge(self) -> Host:
@@ -152,12 +153,17 @@ class Plan:
         raise LabError(f"no host {name!r} in this lab (there are: {names})", status=2)
 
 
-def make_plan(nodes: int, backends: int, name: str = "") -> Plan:
+FAST_PATHS = ("auto", "nftables", "off")
+
+
+def make_plan(nodes: int, backends: int, name: str = "", fast_path: str = "auto") -> Plan:
     if not 1 <= nodes <= MAX_NODES:
         raise LabError(f"--nodes {nodes}: give 1 to {MAX_NODES} nodes", status=2)
     if not 1 <= backends <= MAX_BACKENDS:
         raise LabError(f"--backends {backends}: give 1 to {MAX_BACKENDS} web servers", status=2)
-    return Plan(prefix_for(name), nodes, backends)
+    if fast_path not in FAST_PATHS:
+        raise LabError(f"--fast-path {fast_path}: give one of {', '.join(FAST_PATHS)}", status=2)
+    return Plan(prefix_for(name), nodes, backends, fast_path)
 
 
 def grown(state: State) -> tuple[Plan, Host]:
@@ -272,7 +278,7 @@ def config_text(plan: Plan, directory: str) -> str:
     # A lab is stopped and started often: in-flight requests get one second, not ten.
     lines += _table("[limits]", {"shutdown_grace": 1.0})
     lines += _table("[log]", {"access_log": f"{d}/node{{number}}-access.log"})
-    lines += _table("[array]", {"vip": VIP, "interface": INTERFACE})
+    lines += _table("[array]", {"vip": VIP, "interface": INTERFACE, "fast_path": plan.fast_path})
     for host in plan.node_hosts:
         assert host.ip is not None and host.mac is not None
         lines += _table("[[array.node]]", {"number": host.number, "mac": host.mac, "ip": host.ip})

@@ -138,6 +138,16 @@ class ConfigTextTests(SynchronousTestCase):
             (listen.status, listen.sync, listen.admin), ("tcp:7701", "tcp:7702", "tcp:7780")
         )
 
+    def test_the_fast_path_setting(self) -> None:
+        self.assertEqual(self.config().array.fast_path, "auto")
+        for mode in ("nftables", "off"):
+            text = config_text(make_plan(2, 1, fast_path=mode), "/lab")
+            self.assertEqual(parse(text, "/lab/dlba.toml").array.fast_path, mode)
+        with self.assertRaises(LabError) as caught:
+            make_plan(2, 1, fast_path="xdp")
+        self.assertEqual(caught.exception.status, 2)
+        self.assertIn("auto, nftables, off", str(caught.exception))
+
     def test_one_node_one_backend(self) -> None:
         config = self.config(1, 1)
         self.assertEqual(len(config.array.nodes), 1)

@@ -73,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
         help=f"seconds for everything to answer (default {ops.START_TIMEOUT:g})",
     )
     p.add_argument(
+        "--fast-path",
+        choices=("auto", "nftables", "off"),
+        default="auto",
+        help="the nodes' [array] fast_path: the kernel forwards (nftables), Python does "
+        "(off), or the kernel where it can (auto, the default)",
+    )
+    p.add_argument(
         "--no-wait-vip",
         dest="wait_vip",
         action="store_false",
@@ -136,7 +143,14 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, io: ops.Output) -> int:
     if args.command == "up":
         return ops.up(
-            args.dir, args.nodes, args.backends, args.name, args.timeout, args.wait_vip, io
+            args.dir,
+            args.nodes,
+            args.backends,
+            args.name,
+            args.timeout,
+            args.wait_vip,
+            io,
+            fast_path=args.fast_path,
         )
     if args.command == "status":
         return ops.status(args.dir, args.name, args.json, io)

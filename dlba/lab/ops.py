@@ -155,10 +155,11 @@ def up(
     timeout: float,
     wait_vip: bool,
     io: Output,
+    fast_path: str = "auto",
 ) -> int:
     netns.preflight()
     d = os.path.abspath(directory)
-    plan = make_plan(nodes, backends, name)
+    plan = make_plan(nodes, backends, name, fast_path)
     with exclusive(d):
         return _up(d, plan, timeout, wait_vip, io)
 

@@ -200,7 +200,10 @@ class GrowLabTests(TestCase):
         return await self.lab("exec", "client", "--", *argv, deadline=deadline)
 
     async def up(self, nodes: int = 2) -> None:
-        result = await self.lab("up", "--nodes", str(nodes), "--backends", "2", "--name", self.name)
+        result = await self.lab(
+            "up", "--nodes", str(nodes), "--backends", "2", "--name", self.name,
+            "--fast-path", "nftables",
+        )  # fmt: skip
         self.assertEqual(result.code, 0, result.text)
 
     async def ask(self, number: int, command: str) -> list[dict[str, Any]]:
