@@ -39,6 +39,11 @@ from dlba.packet.host import Host, HostError
 log = Logger(namespace="dlba.packet")
 
 SYNC_INTERVAL = 1.0
+# How long placed buckets wait to reach the kernel together.  A transaction costs about
+# 0.45 ms of CPU for one bucket and 0.75 ms for fifty; a frame Python forwards meanwhile
+# about 6 us.  New connections at a thousand a second would otherwise cost a transaction
+# each; in the meantime their frames are forwarded by Python, correctly.
+FLUSH_DELAY = 0.005
 
 
 def activity_interval(idle_timeout: float) -> float:
@@ -122,9 +127,10 @@ class KernelFastPath:
     # -- keeping the map -----------------------------------------------------------------
 
     def poke(self) -> None:
-        """The client table changed (a miss placed a bucket): flush on the next turn."""
+        """The client table changed (a miss placed a bucket): flush within FLUSH_DELAY,
+        with every other bucket placed meanwhile, in one transaction."""
         if self.running and self._soon is None:
-            self._soon = self.clock.callLater(0, self._flush)
+            self._soon = self.clock.callLater(FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
         self._soon = None

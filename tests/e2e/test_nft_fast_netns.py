@@ -84,7 +84,7 @@ import json, random, sys
 from twisted.internet.task import Clock
 from dlba.clienttable import ClientTable
 from dlba.kernelpath import FAMILY, LOCAL_CHAIN, OWNERS, TABLE, KernelProgram, node_chain
-from dlba.packet.fastpath import SYNC_INTERVAL, KernelFastPath
+from dlba.packet.fastpath import FLUSH_DELAY, SYNC_INTERVAL, KernelFastPath
 from dlba.packet.host import Host
 from dlba.packet.nft import Nft
 from dlba.tables import NodeState, NodeStatusTable
@@ -145,7 +145,7 @@ for step in range(steps):
     else:
         fast.replace_program(program)
     report["moves"] += sum(1 for a, b in zip(before, table.owners()) if a != b)
-    clock.advance(0)  # the poke's flush
+    clock.advance(FLUSH_DELAY)  # the poke's flush
     clock.advance(SYNC_INTERVAL)  # a tick: table changes (and idle ones) reach the kernel
     fast.sync()
     got, want = kernel_map(), from_table()
