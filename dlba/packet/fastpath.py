@@ -2,13 +2,13 @@
 program of `dlba.kernelpath`, keeps its bucket map equal to what the client table says the
 kernel may forward, and feeds the kernel's last-access times back to the table.
 
-One transaction per change set: `poke` (after Python placed a bucket on a miss) flushes on
-the next reactor turn, so a new connection's second frame already goes through the
-kernel.  Every ``SYNC_INTERVAL`` a changed client table (a failed node's buckets freed)
-reaches the kernel; the kernel's activity (listing ~4,000 buckets costs ~25 ms) is read
-every `activity_interval`, an eighth of the idle timeout between 1 and 5 s, for idle
-buckets.  A
-takeover installs the whole table in one transaction before the gratuitous ARP.
+One transaction per change set: `poke` (after Python placed a bucket on a miss) flushes
+within ``FLUSH_DELAY`` every bucket placed meanwhile; until then Python forwards their
+frames.  Every ``SYNC_INTERVAL`` a changed client table (a failed node's buckets freed)
+reaches the kernel and the kernel's counters are read; the kernel's activity (listing
+~4,000 buckets costs ~25 ms) is read every `activity_interval`, an eighth of the idle
+timeout between 1 and 5 s, and only then are buckets judged idle.  A takeover installs the
+whole table in one transaction before the gratuitous ARP.
 """
 
 from __future__ import annotations
