@@ -19,6 +19,7 @@ from dlba.clienttable import ClientTable
 from dlba.config import ArrayNode, ArraySection
 from dlba.frames import FrameRouter, mac_bytes
 from dlba.interfaces import IFrameIO
+from dlba.kernelpath import MISS_IN
 from dlba.packet.bpf import arp_request_filter, vip_filter
 from dlba.packet.host import Host, HostError, guard_ruleset, scheduler_ruleset
 from dlba.packet.rawio import PacketSocketIO
@@ -28,6 +29,8 @@ from tests.array_support import node_tables
 
 VIP = "10.77.0.100"
 MACS = {1: "02:00:00:00:00:0b", 2: "02:00:00:00:00:0c"}
+# At start, what a dlba killed while scheduler may have left: both ingress programs.
+CLEARED = ["-dlba", "-dlba_fast"]
 
 
 class FakeHost(Host):
@@ -59,13 +62,18 @@ class FakeHost(Host):
         """The nft transactions, as the table each one ends with ("-" deletes)."""
         out = []
         for argv, data in self.commands:
-            if argv[0] == "nft":
-                last = data["nftables"][-1]
-                verb, what = next(iter(last.items()))
-                name = what.get("table", what.get("rule", {}).get("table"))
-                if isinstance(name, dict):
-                    name = name["name"]
-                out.append(("-" if verb == "delete" else "+") + str(name))
+            if argv[0] != "nft":
+                continue
+            commands = data["nftables"]
+            deleted = [c["delete"]["table"]["name"] for c in commands if "delete" in c]
+            if deleted and len(commands) == 2 * len(deleted):  # add + delete: gone
+                out += ["-" + name for name in deleted]
+                continue
+            verb, what = next(iter(commands[-1].items()))
+            name = what.get("table", what.get("rule", {}).get("table"))
+            if isinstance(name, dict):
+                name = name["name"]
+            out.append(("-" if verb == "delete" else "+") + str(name))
         return out
 
 
@@ -135,16 +143,24 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(self.sysctl("net.ipv4.conf.all.arp_ignore"), "1")
         self.assertEqual(self.sysctl("net.ipv4.conf.eth0.arp_announce"), "2")
         self.assertEqual(self.host.vips, {VIP})
-        self.assertEqual(self.host.tables(), ["+dlba_guard"])
+        self.assertEqual(self.host.tables(), [*CLEARED, "+dlba_guard"])
         self.assertIsNone(self.io.router)  # not scheduler: no frames
         self.svc.stopService()
         self.assertEqual(self.host.vips, set())
-        self.assertEqual(self.host.tables(), ["+dlba_guard", "-dlba_guard"])
+        self.assertEqual(self.host.tables(), [*CLEARED, "+dlba_guard", "-dlba_guard"])
+
+    def test_a_fast_path_left_by_a_killed_scheduler_is_removed_at_start(self) -> None:
+        (self.root / "sys" / MISS_IN).mkdir()  # the miss channel is still there
+        self.svc.startService()
+        self.assertEqual(self.host.tables(), [*CLEARED, "+dlba_guard"])
+        self.assertIn(["ip", "link", "del", MISS_IN], [argv for argv, _ in self.host.commands])
+        self.assertIsNone(self.io.router)
+        self.svc.stopService()
 
     def test_the_scheduler_forwards_with_the_nodes_table(self) -> None:
         self.svc.startService()
         self.svc.start(4)
-        self.assertEqual(self.host.tables(), ["+dlba_guard", "+dlba"])
+        self.assertEqual(self.host.tables(), [*CLEARED, "+dlba_guard", "+dlba"])
         assert self.io.router is not None
         self.assertIs(self.io.router.table, self.table)
         self.assertTrue(self.arps[-1].running)
@@ -206,7 +222,7 @@ class ServiceTests(SynchronousTestCase):
         self.svc.privilegedStartService()
         self.assertEqual(self.host.vips, {VIP})
         self.svc.startService()  # nothing twice
-        self.assertEqual(self.host.tables(), ["+dlba_guard"])
+        self.assertEqual(self.host.tables(), [*CLEARED, "+dlba_guard"])
 
     def test_the_frame_io_provides_its_interface(self) -> None:
         verifyObject(IFrameIO, PacketSocketIO("eth0", VIP, Clock(), self.host))
@@ -214,7 +230,7 @@ class ServiceTests(SynchronousTestCase):
     def test_a_node_that_joins_gets_its_mac_in_the_router_and_the_rule(self) -> None:
         self.svc.startService()
         self.svc.nodes_changed()  # not scheduler: nothing to do
-        self.assertEqual(self.host.tables(), ["+dlba_guard"])
+        self.assertEqual(self.host.tables(), [*CLEARED, "+dlba_guard"])
         self.svc.start(1)
         joiner = "02:00:0a:4d:00:1e"
         grown = NodeStatusTable([*(NodeState(r.number, r.mac, r.ip) for r in self.nodes)])
@@ -223,7 +239,7 @@ class ServiceTests(SynchronousTestCase):
         self.svc.nodes_changed()
         assert self.io.router is not None
         self.assertEqual(self.io.router.macs[9], bytes.fromhex(joiner.replace(":", "")))
-        self.assertEqual(self.host.tables(), ["+dlba_guard", "+dlba", "+dlba"])
+        self.assertEqual(self.host.tables(), [*CLEARED, "+dlba_guard", "+dlba", "+dlba"])
         _, rules = self.host.commands[-1]
         self.assertIn(joiner, json.dumps(rules))
 

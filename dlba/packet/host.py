@@ -232,11 +232,13 @@ class Host:
         if code != 0:
             raise HostError(f"nft refused dlba's rules: {out}")
 
-    def delete_table(self, table: tuple[str, str]) -> None:
-        family, name = table
-        nothing = {"family": family, "name": name}
-        # add first, so deleting a table that is not there is no error
-        self.nft({"nftables": [{"add": {"table": nothing}}, {"delete": {"table": nothing}}]})
+    def delete_table(self, *tables: tuple[str, str]) -> None:
+        """``tables`` gone, in one transaction; one that is not there is no error."""
+        commands: list[dict[str, Any]] = []
+        for family, name in tables:
+            nothing = {"family": family, "name": name}
+            commands += [{"add": {"table": nothing}}, {"delete": {"table": nothing}}]
+        self.nft({"nftables": commands})
 
     def install_guard(self, vip: str) -> None:
         self.nft(guard_ruleset(vip))

@@ -22,10 +22,10 @@ from dlba.clienttable import ClientTable
 from dlba.config import ArraySection
 from dlba.frames import FrameCounters, FrameRouter
 from dlba.interfaces import IFrameIO
-from dlba.kernelpath import MISS_OUT, KernelProgram
+from dlba.kernelpath import FAMILY, MISS_IN, MISS_OUT, TABLE, KernelProgram
 from dlba.packet.arp import ArpSpeaker
 from dlba.packet.fastpath import KernelFastPath, Runs
-from dlba.packet.host import Host, HostError
+from dlba.packet.host import SCHEDULER_TABLE, Host, HostError
 from dlba.packet.rawio import PacketSocketIO
 from dlba.tables import NodeStatusTable
 
@@ -131,6 +131,7 @@ class PacketSchedulerService(Service):
             return
         try:
             host.arp_sysctls(self.interface)
+            self._clear_leftovers()
             host.add_vip(self.vip)
             host.install_guard(self.vip)
         except HostError as e:
@@ -147,6 +148,21 @@ class PacketSchedulerService(Service):
             "the VIP {vip} is on lo, ARP for it is off and the kernel guard is in",
             vip=self.vip,
         )
+
+    def _clear_leftovers(self) -> None:
+        """What a dlba killed while scheduler left in the kernel: its ingress program (the
+        fast path's or the Python path's rule) and the miss channel.  A node that starts
+        is not scheduler yet, and a stale map would forward the frames of clients that
+        still hold this node's MAC by decisions the new scheduler no longer makes."""
+        left = self.host.has_interface(MISS_IN)
+        self.host.delete_table(SCHEDULER_TABLE, (FAMILY, TABLE))
+        if left:
+            self.host.delete_link(MISS_IN)
+            log.warn(
+                "removed the kernel fast path an earlier dlba left on {interface} "
+                "(it stopped while scheduler)",
+                interface=self.interface,
+            )
 
     def stopService(self) -> None:
         super().stopService()

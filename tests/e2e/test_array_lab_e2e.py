@@ -377,6 +377,25 @@ class ArrayLabTests(LabTestCase):
             len([n for n, s in after.items() if s["node"]["role"] == "scheduler"]), 1, after
         )
 
+        # Its kernel kept the ingress program (it forwarded busy buckets meanwhile); the
+        # node started again follows, and first removes what it left.
+        table = "dlba_fast" if self.fast_path == "nftables" else "dlba"
+        self.assertIn(f"netdev {table}", await self.tables_of(scheduler))
+        started = await self.lab("start", f"node{scheduler}")
+        self.assertEqual(started.code, 0, started.text)
+        back = await self.node_status(scheduler)
+        self.assertEqual(back["node"]["role"], "node", back)
+        self.assertFalse(back["packets"]["forwarding"], back)
+        self.assertNotIn(f"netdev {table}", await self.tables_of(scheduler))
+        links = await self.lab("exec", f"node{scheduler}", "--", "ip", "-o", "link", "show")
+        self.assertNotIn("dlbamiss", links.stdout)
+
+    async def tables_of(self, node: int) -> str:
+        """``nft list tables`` in ``node``'s namespace."""
+        result = await self.lab("exec", f"node{node}", "--", "nft", "list", "tables")
+        self.assertEqual(result.code, 0, result.text)
+        return result.stdout
+
 
 class ArrayLabPythonPathTests(ArrayLabTests):
     """The same, with ``fast_path = "off"``: Python forwards every frame (the path auto
