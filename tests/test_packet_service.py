@@ -625,3 +625,120 @@ class ReaderTests(SynchronousTestCase):
         self.assertEqual([ring[i * RING_FRAME] for i in range(4)], [0, 0, 0, 0])
         reader.release()
         ring.close()
+
+
+class FastPathChoiceTests(SynchronousTestCase):
+    """``[array] fast_path``: which path forwards, and what is said when the kernel's
+    cannot (a fake nftables, fake frame I/O for both paths)."""
+
+    def setUp(self) -> None:
+        from tests.test_fastpath import FakeNft
+
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+        self.host = FakeHost(root)
+        self.nodes = NodeStatusTable(
+            NodeState(n, mac, f"10.77.0.{10 + n}") for n, mac in MACS.items()
+        )
+        self.table = ClientTable(7, self.nodes, idle_timeout=60.0)
+        self.python_io, self.miss_io = FakeIO(), FakeIO()
+        self.events: list[str] = []
+        self.nft = FakeNft()
+        run = self.nft.run
+
+        def recorded(document: dict[str, Any]) -> dict[str, Any]:
+            self.events.append("nft")
+            return run(document)
+
+        self.nft.run = recorded  # type: ignore[method-assign]
+        self.nft_error: Exception | None = None
+        self.euid = 0
+        self.logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        observer: Any = self.logged.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def service(self, mode: str) -> PacketSchedulerService:
+        array = ArraySection(
+            vip=VIP,
+            nodes=tuple(ArrayNode(n, mac, f"10.77.0.{10 + n}") for n, mac in MACS.items()),
+            fast_path=mode,
+        )
+
+        def nft() -> Any:
+            if self.nft_error is not None:
+                raise self.nft_error
+            return self.nft
+
+        def arp(vip: str, mac: str) -> Any:
+            speaker = FakeArp(vip, mac)
+            start = speaker.start
+            speaker.start = lambda: (self.events.append("garp"), start())  # type: ignore
+            return speaker
+
+        svc = PacketSchedulerService(
+            array, 1, self.table, self.nodes, Clock(), host=self.host, io=self.python_io,
+            arp=arp, nft=nft, miss_io=lambda flush: self.miss_io, euid=lambda: self.euid,
+        )  # fmt: skip
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        return svc
+
+    def said(self, text: str) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.logged if text in formatEvent(e)]
+
+    def test_auto_uses_the_kernel_and_installs_it_before_the_gratuitous_arp(self) -> None:
+        svc = self.service("auto")
+        svc.start(3)
+        self.assertIsNotNone(svc.fast)
+        self.assertIsNotNone(self.miss_io.router)  # Python reads the misses only
+        self.assertIsNone(self.python_io.router)
+        self.assertEqual(svc.row()["fast_path"], "nftables")
+        self.assertEqual(self.events[0], "nft")  # the whole map, then the announcements
+        self.assertEqual(self.events[-1], "garp")
+        svc.stop()
+        self.assertIsNone(svc.fast)
+        self.assertIsNone(self.miss_io.router)
+
+    def test_auto_without_nftables_says_why_once_and_forwards_in_python(self) -> None:
+        self.nft_error = OSError("libnftables.so.1: cannot open shared object file")
+        svc = self.service("auto")
+        for term in (3, 4):  # two terms as scheduler, one word about it
+            svc.start(term)
+            self.assertIsNone(svc.fast)
+            self.assertIsNotNone(self.python_io.router)
+            self.assertEqual(svc.row()["fast_path"], "python")
+            svc.stop()
+        said = self.said("the kernel fast path cannot start")
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("libnftables.so.1", said[0])
+        self.assertIn("forwards in Python", said[0])
+
+    def test_auto_when_not_root_says_so(self) -> None:
+        self.euid = 1000
+        svc = self.service("auto")
+        svc.start(3)
+        self.assertEqual(svc.row()["fast_path"], "python")
+        self.assertIn("does not run as root", svc.why_no_fast_path)
+
+    def test_nftables_refuses_to_forward_rather_than_fall_back(self) -> None:
+        self.nft_error = OSError("libnftables.so.1: cannot open shared object file")
+        svc = self.service("nftables")
+        svc.start(3)
+        self.assertIsNone(svc.term)
+        self.assertFalse(svc.row()["forwarding"])
+        self.assertIsNone(self.python_io.router)
+        [said] = self.said("cannot start forwarding")
+        self.assertIn('fast_path = "nftables"', said)
+        self.assertIn('set fast_path = "auto"', said)
+
+    def test_off_never_asks_the_kernel(self) -> None:
+        svc = self.service("off")
+        svc.start(3)
+        self.assertEqual(svc.row()["fast_path"], "python")
+        self.assertNotIn("nft", self.events)
+        self.assertIsNotNone(self.python_io.router)
