@@ -431,9 +431,11 @@ class NodeService(MultiService):
             client.config = new
         if self.failover is not None:
             self.failover.nodes_changed(new)  # nodes appended join the election
+        if report.client_table is not None:  # before the packet scheduler reads it
+            report.client_table.idle_timeout = new.array.bucket_idle_timeout
         packets = self.namedServices.get("packet")
         if packets is not None:
-            packets.nodes_changed()  # a new node's MAC, while forwarding
+            packets.nodes_changed()  # a new node's MAC or idle timeout, while forwarding
         sweep = self.namedServices.get("sweep")
         if isinstance(sweep, SweepService):
             a = new.array
@@ -446,8 +448,6 @@ class NodeService(MultiService):
         scheduler = scheduler_of(new)
         if self.failover is None:  # with failover the election says, not the file
             report.scheduler = lambda: scheduler
-        if report.client_table is not None:
-            report.client_table.idle_timeout = new.array.bucket_idle_timeout
         report.policies = {p.name: p.policy for p in new.pools}
         if proxy is not None:
             report.pools = proxy.core.router.pools

@@ -204,6 +204,31 @@ class FastPathTests(SynchronousTestCase):
             self.clock.advance(SYNC_INTERVAL - 0.04)
         self.assertEqual(len(listings), 10, listings)
 
+    def test_a_reload_reinstalls_only_a_changed_program_after_reading_activity(self) -> None:
+        import dataclasses
+
+        self.fast.start()
+        self.table.lookup(3, self.clock.seconds())
+        self.fast.poke()
+        self.clock.advance(FLUSH_DELAY)
+        before = len(self.nft.transactions)
+        self.fast.replace_program(dataclasses.replace(self.fast.program))  # the same
+        self.assertEqual(len(self.nft.transactions), before)
+        # A push of a shorter idle timeout: the set is made again with it, and bucket 3's
+        # frames since the last reading (the kernel saw one 0.5 s ago) are kept first.
+        self.clock.advance(0.9)
+        self.nft.active = {3: 59.5}
+        self.fast.replace_program(dataclasses.replace(self.fast.program, idle_timeout=20.0))
+        self.assertEqual(len(self.nft.transactions), before + 1)
+        [made] = [
+            c["add"]["set"]
+            for c in self.nft.transactions[-1]["nftables"]
+            if "set" in c.get("add", {})
+        ]
+        self.assertEqual(made["timeout"], 20)
+        self.assertGreaterEqual(self.table.last_access(3), self.clock.seconds() - 0.5)
+        self.assertIn(3, self.nft.map or {})
+
     def test_a_failed_node_leaves_the_map_at_once(self) -> None:
         self.fast.start()
         for b in range(12):

@@ -116,8 +116,14 @@ class KernelFastPath:
         self.installed = {}
 
     def replace_program(self, program: KernelProgram) -> None:
-        """Another set of nodes (one joined, a MAC changed): the whole program again, in
-        one transaction, with the buckets it forwards now."""
+        """Another set of nodes (one joined, a MAC changed) or idle timeout: the whole
+        program again, in one transaction, with the buckets it forwards now.  The
+        activity is read first: the new ``active`` set starts empty, and a bucket busy
+        only since the last reading must not look idle at the next."""
+        if program == self.program:
+            return
+        if self.running:
+            self.read_activity()
         wanted = wanted_map(self.table, self._activity_read)
         self.nft.run(program.install(wanted))
         self.program = program
@@ -162,8 +168,11 @@ class KernelFastPath:
 
     def sync(self) -> None:
         """Read the kernel's activity into the table, then bring the map up to date."""
-        if not self.running:
-            return
+        if self.running and self.read_activity():
+            self.apply(wanted_map(self.table, self._activity_read))
+
+    def read_activity(self) -> bool:
+        """The kernel's last-access times into the table; whether that worked."""
         try:
             listing = self.nft.run(
                 {
@@ -180,9 +189,9 @@ class KernelFastPath:
             # (a busy bucket dropped on stale times would move, breaking connections).
             self.errors += 1
             log.error("cannot read the fast path's state: {why}", why=str(e))
-            return
+            return False
         self._activity_read = now
-        self.apply(wanted_map(self.table, now))
+        return True
 
     def apply(self, wanted: dict[int, int]) -> None:
         self._applied_version = self.table.version

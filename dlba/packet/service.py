@@ -239,8 +239,10 @@ class PacketSchedulerService(Service):
         )
 
     def nodes_changed(self) -> None:
-        """The node status table's MACs changed (a reload, a node that joined): frames
-        for a new node's buckets need its MAC, and the ingress rule must let them in."""
+        """A reload: the node status table's MACs may have changed (a node that joined):
+        frames for a new node's buckets need its MAC, and the ingress rule must let them
+        in; the kernel's ``active`` set follows a new ``bucket_idle_timeout``.  The
+        kernel's program is installed again only if one of them changed."""
         if self.term is None or self.router is None:
             return
         macs = {row.number: row.mac for row in self.nodes if row.mac}
@@ -250,7 +252,12 @@ class PacketSchedulerService(Service):
             if self.fast is not None:
                 nodes = {n: m.lower() for n, m in macs.items()}
                 nodes[self.own] = mac.lower()
-                self.fast.replace_program(dataclasses.replace(self.fast.program, nodes=nodes))
+                assert self.table is not None
+                self.fast.replace_program(
+                    dataclasses.replace(
+                        self.fast.program, nodes=nodes, idle_timeout=self.table.idle_timeout
+                    )
+                )
             else:
                 self.host.install_scheduler_rule(self.vip, self.interface, [*macs.values(), mac])
         except Exception as e:
