@@ -1,7 +1,7 @@
 """HTTPS requests/s through the array with 1, 2 and 3 nodes, against one node reached
 directly (issue 12 §4), as root.
 
-    python3 bench/arraybench.py [--runs 3] [--seconds 8] [--keep-alive-conns 64]
+    python3 bench/arraybench.py [--runs 3] [--seconds 8] [--keep-alive-conns 64] [--tls-rate 400]
 
 Brings up three labs side by side with ``dlba-lab`` (names ``ab1``, ``ab2``, ``ab3``: 1, 2
 and 3 nodes, 2 web servers each, the real packet scheduler), replaces each lab's demo back
@@ -11,6 +11,8 @@ within every run:
 
 - ``tlsnew``: bench/loadgen, 16 clients, each request on a new connection with a full TLS
   1.3 handshake (new connections are what the scheduler spreads);
+- ``tlsrate``: the same at a fixed offered rate (``--tls-rate``, 400/s): latency and each
+  node's CPU per request at a load every target carries;
 - ``keepalive``: wrk, one thread, 64 keep-alive HTTPS connections (spread when opened).
 
 Targets: ``direct`` (the 1-node lab's node at its own address: no packet scheduler on the
@@ -48,7 +50,7 @@ NGINX_PORT = 8081
 TICKS = os.sysconf("SC_CLK_TCK")
 DASH, TIMES = "\u2013", "\u00d7"
 TARGETS = ("direct", "1", "2", "3")
-WORKLOADS = ("tlsnew", "keepalive")
+WORKLOADS = ("tlsnew", "tlsrate", "keepalive")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 NGINX_CONF = """\
@@ -167,6 +169,9 @@ def load_argv(workload: str, host: str, seconds: float, args: argparse.Namespace
     if workload == "tlsnew":
         return [args.loadgen, "tlsnew", "-h", host, "-p", "443", "-u", "/", "-c", "16",
                 "-d", f"{seconds:g}", "-V", "1.3"]  # fmt: skip
+    if workload == "tlsrate":  # the same at a fixed offered rate: latency and CPU at a load
+        return [args.loadgen, "tlsnew", "-h", host, "-p", "443", "-u", "/", "-c", "16",
+                "-d", f"{seconds:g}", "-V", "1.3", "-r", f"{args.tls_rate:g}"]  # fmt: skip
     return ["wrk", "-t1", f"-c{args.keep_alive_conns}", f"-d{seconds:g}s", "--latency",
             f"https://{host}/"]  # fmt: skip
 
@@ -207,6 +212,7 @@ def measure(lab: Lab, target: str, workload: str, args: argparse.Namespace) -> d
         "rps": float(res["rps"]),  # type: ignore[arg-type]
         "requests": requests,
         "errors": int(res.get("errors", 0)) + int(res.get("non2xx", 0)),  # type: ignore[call-overload]
+        "p50_us": float(res.get("p50_us", float("nan"))),  # type: ignore[arg-type]
         "p99_us": float(res.get("p99_us", float("nan"))),  # type: ignore[arg-type]
         "wall_s": wall,
         "scheduler": scheduler,
@@ -237,15 +243,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for workload in WORKLOADS:
         title = {
             "tlsnew": "HTTPS, a new connection and full TLS 1.3 handshake per request (16 clients)",
+            "tlsrate": f"The same at a fixed {args.tls_rate:g} requests/s (open loop)",
             "keepalive": f"HTTPS keep-alive ({args.keep_alive_conns} connections, wrk -t1)",
         }[workload]
         out += [f"### {title}", ""]
         out.append(
             "| target | req/s (median) | ÷ direct | errors | frames in / request | "
             "of them, read by Python | scheduler frames/s | node CPU µs/request (median of "
-            "nodes) | nodes' CPU use | runs (req/s) |"
+            "nodes) | nodes' CPU use | latency p50 / p99 (ms) | runs (req/s) |"
         )
-        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
         rows = {t: [r for r in results if r["target"] == t and r["workload"] == workload]
                 for t in TARGETS}  # fmt: skip
         direct = med([r["rps"] for r in rows["direct"]])
@@ -269,9 +276,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             python = f"{med(py):.2f}" if py else DASH
             fps = f"{med([r['frames_per_s'] for r in rs]):,.0f}" if fpr else DASH
             errors = sum(r["errors"] for r in rs)
+            p50 = med([r.get("p50_us", float("nan")) for r in rs]) / 1000
+            p99 = med([r["p99_us"] for r in rs]) / 1000
             out.append(
                 f"| {label} | {rps:,.0f} | {rps / direct:.2f}{TIMES} | {errors} | {frames} | "
-                f"{python} | {fps} | {per_req:.0f} | {use} | {runs} |"
+                f"{python} | {fps} | {per_req:.0f} | {use} | {p50:.1f} / {p99:.1f} | {runs} |"
             )
         out.append("")
     return "\n".join(out)
@@ -300,6 +309,9 @@ def main() -> int:
     a.add_argument("--runs", type=int, default=3)
     a.add_argument("--seconds", type=float, default=8.0)
     a.add_argument("--keep-alive-conns", type=int, default=64)
+    a.add_argument(
+        "--tls-rate", type=float, default=400.0, help="the fixed-rate workload's requests/s"
+    )
     a.add_argument("--max-nodes", type=int, default=3, choices=(1, 2, 3))
     a.add_argument("--json", help="also write every run's figures here")
     args = a.parse_args()
