@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dlba.config import FAST_PATHS
+
 SUBNET = "10.77.0.0/24"
 PREFIX_LENGTH = 24
 CLIENT_IP = "10.77.0.2"
@@ -151,9 +153,6 @@ class Plan:
                 return h
         names = ", ".join(h.name for h in self.hosts)
         raise LabError(f"no host {name!r} in this lab (there are: {names})", status=2)
-
-
-FAST_PATHS = ("auto", "nftables", "off")
 
 
 def make_plan(nodes: int, backends: int, name: str = "", fast_path: str = "auto") -> Plan:

@@ -20,6 +20,7 @@ import sys
 from typing import NoReturn
 
 from dlba import __version__
+from dlba.config import FAST_PATHS
 from dlba.lab import ops
 from dlba.labplan import MAX_BACKENDS, MAX_NODES, LabError
 
@@ -74,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fast-path",
-        choices=("auto", "nftables", "off"),
+        choices=FAST_PATHS,
         default="auto",
         help="the nodes' [array] fast_path: the kernel forwards (nftables), Python does "
         "(off), or the kernel where it can (auto, the default)",

@@ -144,10 +144,7 @@ class PacketSchedulerService(Service):
             log.critical("cannot hold the VIP {vip}: {why}", vip=self.vip, why=str(e))
             raise
         self.ready = True
-        wanted = self.fast_path_mode != "off" and (
-            not self._injected_io or self._miss_io is not None
-        )
-        if wanted and self._nft is None:
+        if self._fast_path_wanted() and self._nft is None:
             # Loaded now, not at a takeover: the library and its context take ~0.15 s.
             try:
                 self._nft = self._nft_factory()
@@ -157,6 +154,13 @@ class PacketSchedulerService(Service):
             "the VIP {vip} is on lo, ARP for it is off and the kernel guard is in",
             vip=self.vip,
         )
+
+    def _fast_path_wanted(self) -> bool:
+        """The config asks for it, and the miss channel can be read (an injected frame
+        I/O without a miss reader, in tests, means the Python path only)."""
+        if self.fast_path_mode == "off":
+            return False
+        return not self._injected_io or self._miss_io is not None
 
     def _clear_leftovers(self) -> None:
         """What a dlba killed while scheduler left in the kernel: its ingress program (the
@@ -272,9 +276,7 @@ class PacketSchedulerService(Service):
 
     def _start_fast_path(self, mac: str, macs: dict[int, str]) -> bool:
         """The kernel forwards, Python reads only the misses: whether that is on now."""
-        if self.fast_path_mode == "off" or self.table is None:
-            return False
-        if self._injected_io and self._miss_io is None:
+        if not self._fast_path_wanted() or self.table is None:
             return False
         assert self.router is not None
         nodes = dict(macs)

@@ -293,6 +293,11 @@ class GrowLabTests(TestCase):
         report: dict[str, Any] = json.loads(ended.stdout.splitlines()[-1])
         return report
 
+    def assert_none_broke(self, report: dict[str, Any]) -> None:
+        """The holder's report: every held connection went on answering to its end."""
+        self.assertEqual(report["broken"], {}, report)
+        self.assertTrue(all(n > 0 for n in report["answered"]), report)
+
     async def from_ports(self, ports: list[int]) -> list[int]:
         """FROM_PORTS in the client namespace: each port's status."""
         ports_arg = ",".join(str(p) for p in ports)
@@ -400,8 +405,7 @@ class GrowLabTests(TestCase):
             f"buckets before -> after {sorted(set(moved.values()))}; {len(answers)} new "
             f"connections, failures {dict(failed)}"
         )
-        self.assertEqual(report["broken"], {}, report)
-        self.assertTrue(all(n > 0 for n in report["answered"]), report)
+        self.assert_none_broke(report)
         self.assertEqual(failed, Counter(), answers)
         self.assertGreater(served, 0)
         self.assertTrue(got, "node 3 holds no bucket")
@@ -453,8 +457,7 @@ class GrowLabTests(TestCase):
             f"({len(collide)} shared a busy bucket there); its buckets {buckets_while_held} "
             f"while held, 0 {took:.1f} s after they closed"
         )
-        self.assertEqual(report["broken"], {}, report)
-        self.assertTrue(all(n > 0 for n in report["answered"]), report)
+        self.assert_none_broke(report)
         self.assertEqual(failed, Counter(), answers)
         self.assertEqual(line["connections_total"] - total_before, len(collide), line)
         # Its held connections' buckets stay while they live (and any other still busy:
@@ -570,8 +573,7 @@ class GrowLabTests(TestCase):
             f"(on nodes {dict(on)}): {sum(report['answered'])} answers, broken "
             f"{report['broken']}"
         )
-        self.assertEqual(report["broken"], {}, report)
-        self.assertTrue(all(n > 0 for n in report["answered"]), report)
+        self.assert_none_broke(report)
         self.assertGreater(sent, 0)
         self.assertGreaterEqual(cycles, 1)
         self.assertGreater(changes, cycles, "the kernel's map did not change during the flood")
