@@ -8,7 +8,9 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import deferLater
 
 from tests.e2e.harness import (
     Dlba,
@@ -67,6 +69,11 @@ class GracefulStopTests(StopTestCase):
         # New connections are refused: the listeners are closed.
         for port in (node.http, node.https):
             await node.wait_event(port_closed(port), f"port {port} to close")
+            # Twisted logs "Port Closed" just before it closes the socket: a moment more.
+            for _ in range(50):
+                if port not in listening_ports(node.child.pid):
+                    break
+                await deferLater(reactor, 0.02, lambda: None)
             self.assertNotIn(port, listening_ports(node.child.pid))
             try:
                 client = await connect(port)
